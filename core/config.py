@@ -1,0 +1,41 @@
+"""Server settings shared by the supervisor and every shard (passed to a shard as JSON).
+
+Defaults and what they cost are stated per field; the CLI help repeats them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shards: int = 8
+    app: str = "demo"  # "demo", "echo" or "module:attr"
+    heartbeat_interval: float = 30.0  # medium preset
+    heartbeat_timeout: float = 60.0
+    # Seconds a draining shard waits for clients to leave before closing them hard.
+    drain_timeout: float = 30.0
+    # reconnect_after_ms told to clients on shutdown; spread over this window.
+    reconnect_after_ms: int = 1000
+    # Largest message a client may send (bytes); above it the connection is closed 1009.
+    # Each connection may buffer up to message_queue x this before the app reads it.
+    max_message_size: int = 64 * 1024
+    # Inbound messages buffered per connection by trio-websocket before reading pauses.
+    message_queue: int = 16
+    # Outbound messages queued per connection; past it the client is a slow consumer
+    # and is closed 1008 (memory per connection is bounded by this x message size).
+    max_outbound_queue: int = 1024
+    # Seconds a client has to complete the HTTP upgrade (slowloris bound).
+    handshake_timeout: float = 10.0
+    # Seconds to wait for the closing handshake before dropping the TCP connection.
+    close_timeout: float = 5.0
+    # Freeze the start-up heap and raise GC thresholds in shards (see shards.__main__).
+    gc_tuning: bool = True
+
+
+class ShardConfig(msgspec.Struct, kw_only=True, frozen=True):
+    index: int
+    generation: int
+    server: ServerConfig

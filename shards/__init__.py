@@ -1,0 +1,1 @@
+"""One trio shard process: accepts from the shared socket, serves WebSocket connections."""

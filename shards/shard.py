@@ -1,0 +1,428 @@
+"""A shard: one trio process serving WebSocket connections from the shared listening socket.
+
+Task tree (one nursery): the control channel reader and writer, the heartbeat task that
+ticks the wheel, the accept loop (its own cancel scope, cancelled to drain), and one
+task per connection in a separate nursery so that stopping the accept loop leaves the
+connections running until they are told to go.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import signal
+import socket
+from typing import Any
+
+import msgspec
+import trio
+from core.heartbeat_wheel import HeartbeatWheel
+from trio_websocket import ConnectionClosed, wrap_server_stream
+
+from core.close_codes import CloseCode, DisconnectKind, How
+from core.config import ShardConfig
+from core.control import (
+    Broadcast,
+    ControlFrameError,
+    ControlMessage,
+    Drain,
+    Drained,
+    FrameReader,
+    Ready,
+    encode_frame,
+)
+from core.heartbeat import HeartbeatPolicy
+from core.protocol import (
+    MSGPACK_SUBPROTOCOL,
+    Codec,
+    Heartbeat,
+    HeartbeatAck,
+    HeartbeatInfo,
+    ProtocolError,
+    Said,
+    ServerShutdown,
+    StreamMessage,
+    UserLeft,
+    Welcome,
+)
+from core.session import Session
+from shards.activity import ActivityStream
+from shards.app import App
+from shards.connection import Connection, duration
+from shards.log import log
+
+_ACCEPT_RESOURCE_ERRORS = {"EMFILE", "ENFILE", "ENOMEM", "ENOBUFS"}
+
+
+class Shard:
+    """Serves connections; ``app`` None means raw echo (``--app echo``)."""
+
+    def __init__(
+        self,
+        config: ShardConfig,
+        listen_sock: socket.socket,
+        control_sock: socket.socket | None,
+        app: App | None,
+    ) -> None:
+        self.config = config
+        self.server = config.server
+        self.shard_index = config.index
+        self.app = app
+        self.policy = HeartbeatPolicy(self.server.heartbeat_interval, self.server.heartbeat_timeout)
+        self.wheel = HeartbeatWheel(
+            self.policy.interval, self.policy.timeout, tick=self.policy.tick
+        )
+        self.heartbeat_info = HeartbeatInfo(self.policy.interval_ms, self.policy.timeout_ms)
+        self._listen_sock = listen_sock
+        self._control_sock = control_sock
+        self.connections: dict[int, Connection] = {}
+        self.sessions: dict[str, Connection] = {}
+        self._codecs = (Codec(binary=False), Codec(binary=True))
+        self._control_send, self._control_recv = trio.open_memory_channel[bytes](math.inf)
+        self._accept_scope = trio.CancelScope()
+        self._all_closed = trio.Event()
+        self._draining = False
+        self._done = trio.Event()
+        self.stats = {"accepted": 0, "handshake_timeouts": 0}
+
+    # ================================================================== lifecycle
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self._listen_sock))
+        if self.app is not None:
+            self.app.start(self)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._heartbeat_loop)
+            nursery.start_soon(self._signal_loop)
+            if self._control_sock is not None:
+                control = trio.SocketStream(trio.socket.from_stdlib_socket(self._control_sock))
+                nursery.start_soon(self._control_reader, control)
+                nursery.start_soon(self._control_writer, control)
+            async with trio.open_nursery() as connections:
+                connections.start_soon(self._accept_loop, listener, connections)
+                self._control(
+                    Ready(
+                        shard=self.shard_index, pid=os.getpid(), generation=self.config.generation
+                    )
+                )
+                log(
+                    "shard_ready",
+                    shard=self.shard_index,
+                    pid=os.getpid(),
+                    generation=self.config.generation,
+                    app=self.server.app,
+                    heartbeat_interval=self.policy.interval,
+                    heartbeat_timeout=self.policy.timeout,
+                    tick=self.policy.tick,
+                )
+                task_status.started()
+                await self._done.wait()
+                connections.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+        with trio.move_on_after(1):
+            await listener.aclose()
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        with self._accept_scope:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    name = _errno_name(exc)
+                    if name in _ACCEPT_RESOURCE_ERRORS:
+                        log("accept_error", shard=self.shard_index, error=name)
+                        await trio.sleep(0.1)  # the kernel keeps the connection queued
+                        continue
+                    raise
+                self.stats["accepted"] += 1
+                nursery.start_soon(self._serve, stream)
+
+    async def _signal_loop(self) -> None:
+        # Ctrl-C reaches the whole process group: the supervisor conducts the shutdown,
+        # so a shard only drains on SIGTERM (or when its supervisor disappears).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                self._nursery.start_soon(
+                    self.drain,
+                    "server shutting down",
+                    self.server.reconnect_after_ms,
+                    self.server.drain_timeout,
+                )
+
+    # ================================================================== drain
+    async def drain(self, reason: str, reconnect_after_ms: int, timeout: float) -> None:
+        """Stop accepting, tell every client when to come back, close 1012, then finish."""
+        if self._draining:
+            return
+        self._draining = True
+        started = trio.current_time()
+        self._accept_scope.cancel()
+        conns = list(self.connections.values())
+        log("drain_start", shard=self.shard_index, connections=len(conns), reason=reason)
+        # Spread the reconnects over one more reconnect_after_ms window: no thundering herd.
+        for i, conn in enumerate(conns):
+            delay = reconnect_after_ms + (reconnect_after_ms * i) // max(1, len(conns))
+            if self.app is not None and conn.session is not None:
+                conn.send(
+                    conn.codec.encode(ServerShutdown(reason=reason, reconnect_after_ms=delay))
+                )
+            conn.close(CloseCode.SERVICE_RESTART, reason[:60])
+        closed_all = True
+        if self.connections:
+            self._all_closed = trio.Event()
+            with trio.move_on_after(timeout):
+                await self._all_closed.wait()
+            closed_all = not self.connections
+        forced = len(self.connections)
+        for conn in list(self.connections.values()):
+            conn.abort(How.SERVER_CLOSED, CloseCode.SERVICE_RESTART, "drain timeout")
+        if not closed_all:
+            with trio.move_on_after(1):
+                while self.connections:
+                    self._all_closed = trio.Event()
+                    await self._all_closed.wait()
+        log(
+            "drain_done",
+            shard=self.shard_index,
+            closed=len(conns) - forced,
+            forced=forced,
+            duration_s=trio.current_time() - started,
+        )
+        self._control(Drained(shard=self.shard_index, closed=len(conns) - forced, forced=forced))
+        # Let the control writer flush the Drained frame before the process ends.
+        with trio.move_on_after(1):
+            while self._control_send.statistics().current_buffer_used:
+                await trio.sleep(0.01)
+        self._done.set()
+
+    # ================================================================== connections
+    async def _serve(self, raw: trio.SocketStream) -> None:
+        stream = ActivityStream(raw, self.wheel)
+        async with trio.open_nursery() as nursery:
+            request = None
+            with trio.move_on_after(self.server.handshake_timeout):
+                try:
+                    request = await wrap_server_stream(
+                        nursery,
+                        stream,
+                        message_queue_size=self.server.message_queue,
+                        max_message_size=self.server.max_message_size,
+                    )
+                    subprotocol = (
+                        MSGPACK_SUBPROTOCOL
+                        if MSGPACK_SUBPROTOCOL in request.proposed_subprotocols
+                        else None
+                    )
+                    ws = await request.accept(subprotocol=subprotocol)
+                except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                    request = None
+            if request is None:
+                self.stats["handshake_timeouts"] += 1
+                log("handshake_failed", shard=self.shard_index, reason="timeout or closed")
+                nursery.cancel_scope.cancel()
+                stream.abort()
+                return
+            now = trio.current_time()
+            slot = self.wheel.add(now)
+            stream.slot = slot
+            conn = Connection(
+                ws,
+                stream,
+                Codec.for_subprotocol(subprotocol),
+                slot=slot,
+                path=request.path,
+                max_outbound_queue=self.server.max_outbound_queue,
+                close_timeout=self.server.close_timeout,
+                accepted_at=now,
+            )
+            self.connections[slot] = conn
+            nursery.start_soon(conn.run_writer)
+            try:
+                if self.app is None:
+                    await self._raw_echo(conn)
+                else:
+                    await self._session_loop(conn, self.app)
+                await conn.wait_closed()
+            finally:
+                nursery.cancel_scope.cancel()
+                self._finish(conn)
+
+    async def _raw_echo(self, conn: Connection) -> None:
+        while True:
+            try:
+                frame = await conn.ws.get_message()
+            except ConnectionClosed:
+                return
+            conn.send(frame)
+
+    async def _session_loop(self, conn: Connection, app: App) -> None:
+        session = Session()
+        conn.session = session
+        self.sessions[session.id] = conn
+        conn.send(
+            conn.codec.encode(
+                Welcome(
+                    session=session.id,
+                    token=session.token,
+                    resumed=False,
+                    shard=self.shard_index,
+                    heartbeat=self.heartbeat_info,
+                    last_cseq=session.last_cseq,
+                )
+            )
+        )
+        if not self._call_app(conn, app.on_connect, session):
+            return
+        while not conn.closing:
+            try:
+                frame = await conn.ws.get_message()
+            except ConnectionClosed:
+                return
+            try:
+                message = conn.codec.decode(frame)
+            except ProtocolError as exc:
+                log(
+                    "bad_message",
+                    shard=self.shard_index,
+                    session=session.id,
+                    code=exc.code,
+                    reason=exc.reason,
+                )
+                conn.close(exc.code, exc.reason)
+                return
+            if isinstance(message, Heartbeat):
+                conn.send(conn.codec.encode(HeartbeatAck(ts=message.ts)))
+            elif not self._call_app(conn, app.on_message, session, message):
+                return
+            session.saw_cseq(message.cseq)
+
+    def _call_app(self, conn: Connection, fn: Any, *args: Any) -> bool:
+        """Run an app callback; a crash closes only this connection, 1011, and is logged."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - an app bug must not take the shard down
+            log(
+                "app_error",
+                shard=self.shard_index,
+                callback=getattr(fn, "__name__", "?"),
+                error=repr(exc)[:200],
+            )
+            conn.close(CloseCode.INTERNAL_ERROR, "application error")
+            return False
+        return True
+
+    def _finish(self, conn: Connection) -> None:
+        self.connections.pop(conn.slot, None)
+        if conn.slot in self.wheel:
+            self.wheel.remove(conn.slot)
+        disconnect, reason = conn.outcome()
+        session = conn.session
+        log(
+            "disconnect",
+            kind=disconnect.kind,
+            code=disconnect.code,
+            reason=reason,
+            session=session.id if session else None,
+            shard=self.shard_index,
+            duration_s=duration(conn.accepted_at),
+            silent_s=conn.silent_s,
+            reconnect=disconnect.reconnect,
+        )
+        if session is not None:
+            self.sessions.pop(session.id, None)
+            # A shutdown is not the player leaving: they will come back elsewhere.
+            if self.app is not None and disconnect.kind is not DisconnectKind.SHUTDOWN:
+                try:
+                    self.app.on_leave(session, str(disconnect.kind))
+                except Exception as exc:  # noqa: BLE001
+                    log("app_error", shard=self.shard_index, callback="on_leave", error=repr(exc))
+        if not self.connections:
+            self._all_closed.set()
+
+    # ================================================================== AppServer API
+    def send(self, session: Session, message: StreamMessage) -> None:
+        conn = self.sessions.get(session.id)
+        if conn is None:
+            return
+        message = msgspec.structs.replace(message, seq=session.next_seq())
+        conn.send(conn.codec.encode(message))
+
+    def broadcast(self, message: Said | UserLeft) -> None:
+        self._deliver(message)
+        self._control(Broadcast(origin=self.shard_index, message=message))
+
+    def _deliver(self, message: Said | UserLeft) -> None:
+        """Encode once per wire format, stamp each recipient's seq."""
+        bodies: list[str | bytes | None] = [None, None]
+        for conn in list(self.sessions.values()):
+            session = conn.session
+            if session is None or conn.closing:
+                continue
+            codec = conn.codec
+            body = bodies[codec.binary]
+            if body is None:
+                body = bodies[codec.binary] = codec.encode_body(message)
+            conn.send(codec.stamp(body, session.next_seq()))
+
+    # ================================================================== heartbeat
+    async def _heartbeat_loop(self) -> None:
+        tick = self.wheel.tick
+        deadline = trio.current_time()
+        while True:
+            deadline += tick
+            await trio.sleep_until(deadline)
+            now = trio.current_time()
+            if now - deadline > tick:
+                deadline = now  # the loop stalled: do not fire a burst of catch-up ticks
+            pings, closes = self.wheel.advance(now)
+            for slot in pings:
+                conn = self.connections.get(slot)
+                if conn is not None:
+                    conn.ping()
+            for slot in closes:
+                conn = self.connections.get(slot)
+                if conn is not None:
+                    conn.expire(now - self.wheel.last_activity(slot))
+
+    # ================================================================== control channel
+    def _control(self, message: ControlMessage) -> None:
+        if self._control_sock is not None:
+            self._control_send.send_nowait(encode_frame(message))
+
+    async def _control_writer(self, stream: trio.SocketStream) -> None:
+        async for frame in self._control_recv:
+            try:
+                await stream.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    async def _control_reader(self, stream: trio.SocketStream) -> None:
+        reader = FrameReader()
+        try:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                for message in reader.feed(data):
+                    self._on_control(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ControlFrameError) as exc:
+            log("control_error", shard=self.shard_index, error=repr(exc))
+        # The supervisor is gone: nobody can respawn or route to us. Leave cleanly.
+        log("supervisor_lost", shard=self.shard_index)
+        self._nursery.start_soon(
+            self.drain, "supervisor lost", self.server.reconnect_after_ms, self.server.drain_timeout
+        )
+
+    def _on_control(self, message: ControlMessage) -> None:
+        if isinstance(message, Broadcast):
+            self._deliver(message.message)
+        elif isinstance(message, Drain):
+            self._nursery.start_soon(
+                self.drain, message.reason, message.reconnect_after_ms, message.timeout
+            )
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, "")

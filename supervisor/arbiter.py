@@ -1,0 +1,295 @@
+"""The supervisor's master loop, in the manner of gunicorn's arbiter.
+
+It binds the listening socket once and keeps that fd for the life of the service, so a
+replacement shard can always inherit it. Each shard index has a keeper task that spawns
+the shard (a fresh interpreter), waits for it to exit and respawns it with backoff unless
+the service is stopping. Signals arrive as events in one loop and are handled by named
+methods. Shard -> supervisor traffic (ready, broadcasts, drained) arrives over one Unix
+socketpair per shard.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import msgspec
+import trio
+
+from core.config import ServerConfig, ShardConfig
+from core.control import (
+    Broadcast,
+    ControlFrameError,
+    ControlMessage,
+    Drain,
+    Drained,
+    FrameReader,
+    Ready,
+    encode_frame,
+)
+from shards.log import log
+
+RELAY_QUEUE = 10_000  # control frames queued per shard before relays to it are dropped
+STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
+HEALTHY_AFTER = 10.0  # a shard that lived this long restarts without backoff
+KILL_GRACE = 5.0  # seconds after --drain-timeout before stuck shards are killed
+
+
+class ShardHandle:
+    """One running shard process and its end of the control channel."""
+
+    def __init__(
+        self, index: int, generation: int, process: trio.Process, control: trio.SocketStream
+    ) -> None:
+        self.index = index
+        self.generation = generation
+        self.process = process
+        self.control = control
+        self.started_at = trio.current_time()
+        self.ready = trio.Event()
+        self.exited = trio.Event()
+        self.drained: Drained | None = None
+        self.dropped_relays = 0
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes](RELAY_QUEUE)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send_frame(self, frame: bytes) -> None:
+        try:
+            self._out_send.send_nowait(frame)
+        except trio.WouldBlock:
+            self.dropped_relays += 1
+            if self.dropped_relays == 1 or self.dropped_relays % 1000 == 0:
+                log("relay_dropped", shard=self.index, pid=self.pid, total=self.dropped_relays)
+        except trio.ClosedResourceError:
+            pass
+
+    async def writer(self) -> None:
+        async for frame in self._out_recv:
+            try:
+                await self.control.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+
+class Supervisor:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.shards: dict[int, ShardHandle] = {}
+        self.stopping = False
+        self._stopped = trio.Event()
+        self._generation = 0
+        self._exit_code = 0
+
+    # ================================================================== main loop
+    async def run(self) -> int:
+        self.sock = self._bind()
+        host, port = self.sock.getsockname()[:2]
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._signal_loop, sigs)
+                    first_start = []
+                    for index in range(self.config.shards):
+                        started = trio.Event()
+                        first_start.append(started)
+                        nursery.start_soon(self._keep_shard, index, started)
+                    for started in first_start:
+                        await started.wait()
+                    if not self.stopping:
+                        log(
+                            "ready",
+                            host=host,
+                            port=port,
+                            shards=self.config.shards,
+                            pid=os.getpid(),
+                            pids=",".join(str(h.pid) for h in self.shards.values()),
+                        )
+                    await self._stopped.wait()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.sock.close()
+        log("exit", pid=os.getpid(), code=self._exit_code)
+        return self._exit_code
+
+    def _bind(self) -> socket.socket:
+        sock = socket.create_server(
+            (self.config.host, self.config.port), backlog=4096, reuse_port=False
+        )
+        return sock
+
+    async def _signal_loop(self, signals: trio.abc.ReceiveChannel[int] | object) -> None:
+        async for signum in signals:  # type: ignore[attr-defined]
+            name = signal.Signals(signum).name
+            log("signal", sig=name, pid=os.getpid())
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self.stopping:
+                    self.handle_second_stop()
+                else:
+                    self._nursery.start_soon(self.handle_stop)
+            elif signum == signal.SIGHUP:
+                self.handle_hup()
+
+    # ================================================================== signal handlers
+    async def handle_stop(self) -> None:
+        """Graceful shutdown: all shards drain in parallel; stragglers are killed."""
+        self.stopping = True
+        drain = Drain(
+            reason="server shutting down",
+            reconnect_after_ms=self.config.reconnect_after_ms,
+            timeout=self.config.drain_timeout,
+        )
+        frame = encode_frame(drain)
+        handles = list(self.shards.values())
+        log("shutdown_start", shards=len(handles), drain_timeout=self.config.drain_timeout)
+        for handle in handles:
+            handle.send_frame(frame)
+        with trio.move_on_after(self.config.drain_timeout + KILL_GRACE):
+            for handle in handles:
+                await handle.exited.wait()
+        self._kill_remaining("drain timeout")
+        log("shutdown_done", shards=len(handles))
+        self._stopped.set()
+
+    def handle_second_stop(self) -> None:
+        log("shutdown_forced")
+        self._kill_remaining("second stop signal")
+        self._stopped.set()
+
+    def handle_hup(self) -> None:
+        log("hup_ignored", reason="rolling restart is not available in this version")
+
+    def _kill_remaining(self, why: str) -> None:
+        for handle in self.shards.values():
+            if handle.process.returncode is None:
+                log("shard_kill", shard=handle.index, pid=handle.pid, reason=why)
+                handle.process.kill()
+
+    # ================================================================== shard keeping
+    async def _keep_shard(self, index: int, first_started: trio.Event) -> None:
+        failures = 0
+        while not self.stopping:
+            handle = await self._spawn(index)
+            with trio.move_on_after(STARTUP_TIMEOUT):
+                async with trio.open_nursery() as wait_first:
+                    wait_first.start_soon(_set_when, handle.ready, wait_first.cancel_scope)
+                    wait_first.start_soon(_set_when, handle.exited, wait_first.cancel_scope)
+            if not handle.ready.is_set() and not first_started.is_set():
+                # A shard that cannot start the first time (bad --app, bad config) will not
+                # start the second time either: stop instead of respawning forever.
+                log(
+                    "startup_failed",
+                    shard=index,
+                    pid=handle.pid,
+                    returncode=handle.process.returncode,
+                )
+                self._exit_code = 1
+                first_started.set()
+                if handle.process.returncode is None:
+                    handle.process.kill()
+                self.stopping = True
+                self._kill_remaining("startup failed")
+                self._stopped.set()
+                return
+            first_started.set()
+            await handle.exited.wait()
+            if self.stopping:
+                return
+            lived = trio.current_time() - handle.started_at
+            failures = 0 if lived > HEALTHY_AFTER else failures + 1
+            delay = 0.0 if failures <= 1 else min(5.0, 0.1 * 2 ** (failures - 1))
+            code = handle.process.returncode
+            log(
+                "shard_exit",
+                shard=index,
+                pid=handle.pid,
+                returncode=code,
+                signal=signal.Signals(-code).name if code is not None and code < 0 else None,
+                lived_s=lived,
+                respawn_in_s=delay,
+            )
+            if delay:
+                await trio.sleep(delay)
+
+    async def _spawn(self, index: int) -> ShardHandle:
+        self._generation += 1
+        generation = self._generation
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        shard_config = ShardConfig(index=index, generation=generation, server=self.config)
+        cmd = [
+            sys.executable,
+            "-m",
+            "shards",
+            "--config",
+            msgspec.json.encode(shard_config).decode(),
+            "--listen-fd",
+            str(self.sock.fileno()),
+            "--control-fd",
+            str(child_end.fileno()),
+        ]
+        try:
+            process = await trio.lowlevel.open_process(
+                cmd,
+                pass_fds=(self.sock.fileno(), child_end.fileno()),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child_end.close()
+        control = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
+        handle = ShardHandle(index, generation, process, control)
+        self.shards[index] = handle
+        log("shard_spawn", shard=index, pid=process.pid, generation=generation)
+        self._nursery.start_soon(self._watch, handle)
+        self._nursery.start_soon(self._read_control, handle)
+        self._nursery.start_soon(handle.writer)
+        return handle
+
+    async def _watch(self, handle: ShardHandle) -> None:
+        await handle.process.wait()
+        handle.exited.set()
+        with trio.move_on_after(1):
+            await handle.control.aclose()
+
+    async def _read_control(self, handle: ShardHandle) -> None:
+        reader = FrameReader()
+        try:
+            while True:
+                data = await handle.control.receive_some(65536)
+                if not data:
+                    return
+                for message in reader.feed(data):
+                    self._on_control(handle, message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        except ControlFrameError as exc:
+            log("control_error", shard=handle.index, pid=handle.pid, error=str(exc))
+            handle.process.kill()
+
+    def _on_control(self, handle: ShardHandle, message: ControlMessage) -> None:
+        if isinstance(message, Ready):
+            handle.ready.set()
+        elif isinstance(message, Broadcast):
+            frame = encode_frame(message)
+            for other in self.shards.values():
+                if other is not handle and other.ready.is_set() and not other.exited.is_set():
+                    other.send_frame(frame)
+        elif isinstance(message, Drained):
+            handle.drained = message
+            log(
+                "shard_drained",
+                shard=handle.index,
+                pid=handle.pid,
+                closed=message.closed,
+                forced=message.forced,
+            )
+
+
+async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -1,0 +1,143 @@
+"""Command line of ``python -m supervisor``: flags -> ``ServerConfig``."""
+
+from __future__ import annotations
+
+import argparse
+
+from core.config import ServerConfig
+from core.heartbeat import DEFAULT_PRESET, PRESETS, resolve
+
+DESCRIPTION = """\
+Run a WebSocket game server: one listening socket, N trio shard processes.
+
+Signals: SIGTERM or SIGINT (Ctrl-C) = graceful shutdown: every client gets
+server_shutdown and close 1012, shards get --drain-timeout to finish, exit 0.
+A second SIGTERM/SIGINT kills the shards at once.
+"""
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m supervisor",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = ServerConfig()
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=d.shards,
+        help=f"shard processes (default {d.shards}); each holds its own connections",
+    )
+    p.add_argument("--host", default=d.host, help=f"address to bind (default {d.host})")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=d.port,
+        help=f"TCP port (default {d.port}; 0 = any free port, printed when ready)",
+    )
+    p.add_argument(
+        "--app",
+        default=d.app,
+        help="demo (default: echo/say/user_left), echo (raw frame echo, no "
+        "welcome), or module:attr of your own app",
+    )
+    presets = ", ".join(
+        f"{name} {pol.interval:g}s/{pol.timeout:g}s" for name, pol in PRESETS.items()
+    )
+    p.add_argument(
+        "--heartbeat",
+        default=DEFAULT_PRESET,
+        choices=sorted(PRESETS),
+        help=f"ping interval/timeout preset: {presets} (default {DEFAULT_PRESET}); "
+        "a silent client is closed within interval + timeout + tick",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="override the preset's ping interval (fractional seconds allowed)",
+    )
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=_positive,
+        default=None,
+        metavar="S",
+        help="override the preset's timeout after a ping",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=_positive,
+        default=d.drain_timeout,
+        metavar="S",
+        help=f"seconds shards wait for clients to go on shutdown before closing "
+        f"them hard (default {d.drain_timeout:g})",
+    )
+    p.add_argument(
+        "--reconnect-after-ms",
+        type=int,
+        default=d.reconnect_after_ms,
+        metavar="MS",
+        help=f"earliest reconnect hint sent on shutdown; hints are spread over one "
+        f"more such window (default {d.reconnect_after_ms})",
+    )
+    p.add_argument(
+        "--max-message-size",
+        type=int,
+        default=d.max_message_size,
+        metavar="BYTES",
+        help=f"largest client message; bigger closes 1009 (default "
+        f"{d.max_message_size}). Memory per connection can reach "
+        f"message-queue x this",
+    )
+    p.add_argument(
+        "--max-outbound-queue",
+        type=int,
+        default=d.max_outbound_queue,
+        metavar="N",
+        help=f"frames queued per client before it is dropped 1008 as a slow "
+        f"consumer (default {d.max_outbound_queue})",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=_positive,
+        default=d.handshake_timeout,
+        metavar="S",
+        help=f"seconds to finish the HTTP upgrade (default {d.handshake_timeout:g})",
+    )
+    p.add_argument(
+        "--no-gc-tuning",
+        action="store_true",
+        help="keep CPython's default GC settings in shards (for benchmarking)",
+    )
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> ServerConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.shards < 1:
+        parser.error("--shards must be at least 1")
+    policy = resolve(args.heartbeat, args.heartbeat_interval, args.heartbeat_timeout)
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        shards=args.shards,
+        app=args.app,
+        heartbeat_interval=policy.interval,
+        heartbeat_timeout=policy.timeout,
+        drain_timeout=args.drain_timeout,
+        reconnect_after_ms=args.reconnect_after_ms,
+        max_message_size=args.max_message_size,
+        max_outbound_queue=args.max_outbound_queue,
+        handshake_timeout=args.handshake_timeout,
+        gc_tuning=not args.no_gc_tuning,
+    )
