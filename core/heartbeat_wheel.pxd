@@ -9,7 +9,7 @@ cdef class HeartbeatWheel:
     cdef Py_ssize_t _live
     cdef Py_ssize_t _nbuckets
     cdef Py_ssize_t _mask
-    cdef long long _cursor          # last tick number processed
+    cdef long long _cursor          # last fully processed tick; the next one is re-scanned
     cdef double _last_now
     cdef double *_activity          # last inbound activity per slot
     cdef double *_pinged_at         # time of the outstanding ping, or -1 when none

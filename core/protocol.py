@@ -13,7 +13,7 @@ each recipient's copy only gets its ``seq`` spliced in (``Codec.stamp``), so sen
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -40,8 +40,12 @@ def _short(text: str) -> str:
 
 
 # ---------------------------------------------------------------- client -> server
+# A client counter must fit every wire format (msgpack ints are 64-bit).
+Cseq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
 class _ClientMessage(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
-    cseq: int | None = None  # the client's own sequence number, echoed in welcome.last_cseq
+    cseq: Cseq | None = None  # the client's own sequence number, echoed in welcome.last_cseq
 
 
 class Echo(_ClientMessage, tag="echo", kw_only=True):
@@ -95,7 +99,7 @@ class _StreamMessage(_ServerMessage):
 
 
 class EchoReply(_StreamMessage, tag="echo", kw_only=True):
-    data: Any = None
+    data: Any  # no default: ``"data": null`` is on the wire, not omitted
 
 
 class Said(_StreamMessage, tag="said", kw_only=True):
@@ -151,6 +155,15 @@ class Codec:
         except msgspec.DecodeError as exc:
             kind = "msgpack" if self.binary else "JSON"
             raise ProtocolError(CloseCode.INVALID_PAYLOAD, f"invalid {kind}: {exc}") from None
+        except RecursionError:
+            # msgspec decodes ``Any`` recursively: ~1000 nested arrays (a 2 KB frame)
+            # would otherwise escape as RecursionError instead of closing 1007.
+            raise ProtocolError(CloseCode.INVALID_PAYLOAD, "message nested too deeply") from None
+        except UnicodeError:
+            # A msgpack str that is not UTF-8 (UnicodeDecodeError escapes msgspec), or
+            # a Python str with lone surrogates given to the JSON decoder.
+            kind = "msgpack" if self.binary else "JSON"
+            raise ProtocolError(CloseCode.INVALID_PAYLOAD, f"invalid {kind}: not UTF-8") from None
 
     def encode(self, message: _ServerMessage) -> str | bytes:
         """One frame: ``str`` (text frame) for JSON, ``bytes`` for msgpack."""
@@ -184,7 +197,12 @@ def _msgpack_add_field(body: bytes, key: bytes, value: bytes) -> bytes:
         return b"\xde\x00\x10" + body[1:] + key + value
     if head == 0xDE:
         count = int.from_bytes(body[1:3], "big") + 1
+        if count > 0xFFFF:
+            return b"\xdf" + count.to_bytes(4, "big") + body[3:] + key + value
         return b"\xde" + count.to_bytes(2, "big") + body[3:] + key + value
+    if head == 0xDF:
+        count = int.from_bytes(body[1:5], "big") + 1
+        return b"\xdf" + count.to_bytes(4, "big") + body[5:] + key + value
     raise ValueError("not a msgpack map")
 
 

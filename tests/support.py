@@ -1,0 +1,212 @@
+"""Test support: run the real supervisor, wait on its log lines, connect real clients.
+
+Processes are started with ``--port 0``; the port comes from the ``ready`` line. Every
+pid the test started (the supervisor and each shard it reported) is killed in a
+``finally``. Waiting is always on a log line or a socket, never on a bare sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from core.logfmt import parse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class LogLines:
+    """Lines of logfmt output, parsed, with waiting on a predicate."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, str]] = []
+        self.raw: list[str] = []
+        self._changed = trio.Event()
+
+    def add(self, raw: str) -> None:
+        self.raw.append(raw)
+        fields = parse(raw)
+        if fields:
+            self.lines.append(fields)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def events(self, event: str, **match: Any) -> list[dict[str, str]]:
+        return [
+            f
+            for f in self.lines
+            if f.get("event") == event and all(f.get(k) == str(v) for k, v in match.items())
+        ]
+
+    async def wait_for(
+        self,
+        event: str,
+        predicate: Callable[[dict[str, str]], bool] | None = None,
+        *,
+        timeout: float = 20.0,
+        after: int = 0,
+        **match: Any,
+    ) -> dict[str, str]:
+        """The first line (from index ``after``) with this event, fields and predicate."""
+        with trio.fail_after(timeout):
+            i = after
+            while True:
+                while i < len(self.lines):
+                    f = self.lines[i]
+                    i += 1
+                    if f.get("event") != event:
+                        continue
+                    if any(f.get(k) != str(v) for k, v in match.items()):
+                        continue
+                    if predicate is None or predicate(f):
+                        return f
+                await self._changed.wait()
+
+
+class ServerProcess:
+    """A running ``python -m supervisor`` and what it has logged."""
+
+    def __init__(self, process: trio.Process, log: LogLines) -> None:
+        self.process = process
+        self.log = log
+        self.port = 0
+        self.host = "127.0.0.1"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def url(self, path: str = "/") -> str:
+        return f"ws://{self.host}:{self.port}{path}"
+
+    def shard_pids(self) -> dict[int, int]:
+        """Current pid of each shard index (latest spawn wins)."""
+        out: dict[int, int] = {}
+        for f in self.log.events("shard_spawn"):
+            out[int(f["shard"])] = int(f["pid"])
+        return out
+
+    def all_pids(self) -> set[int]:
+        pids = {int(f["pid"]) for f in self.log.events("shard_spawn")}
+        pids.add(self.pid)
+        return pids
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours is not alive either.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _ours(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"shards" in cmdline or b"supervisor" in cmdline
+
+
+async def _pump(stream: trio.abc.ReceiveStream, log: LogLines, echo: bool) -> None:
+    buf = b""
+    async for chunk in stream:
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            text = line.decode(errors="replace")
+            if echo:
+                print(text, file=sys.stderr)
+            log.add(text)
+
+
+@asynccontextmanager
+async def open_server(
+    *args: str, shards: int = 2, ready: bool = True, echo_logs: bool = True
+) -> AsyncIterator[ServerProcess]:
+    """Start the supervisor with ``--port 0``; kill exactly its processes on the way out."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "supervisor",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--shards",
+        str(shards),
+        *args,
+    ]
+    log = LogLines()
+    process = await trio.lowlevel.open_process(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    server = ServerProcess(process, log)
+    try:
+        async with trio.open_nursery() as nursery:
+            assert process.stderr is not None
+            nursery.start_soon(_pump, process.stderr, log, echo_logs)
+            if ready:
+                line = await log.wait_for("ready", timeout=60)
+                server.port = int(line["port"])
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        for pid in server.all_pids():
+            if pid_alive(pid) and _ours(pid):
+                os.kill(pid, signal.SIGKILL)
+        with trio.move_on_after(10):
+            await process.wait()
+
+
+@asynccontextmanager
+async def open_client(
+    url: str, *, welcome: bool = True, subprotocols: list[str] | None = None
+) -> AsyncIterator[tuple[WebSocketConnection, dict[str, Any] | None]]:
+    async with open_websocket_url(url, subprotocols=subprotocols, connect_timeout=10) as ws:
+        first = None
+        if welcome:
+            with trio.fail_after(10):
+                first = json.loads(await ws.get_message())
+            assert first["type"] == "welcome", first
+        yield ws, first
+
+
+async def receive_json(ws: WebSocketConnection, timeout: float = 10.0) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        return json.loads(await ws.get_message())
+
+
+async def receive_until(
+    ws: WebSocketConnection, type_: str, timeout: float = 10.0
+) -> dict[str, Any]:
+    """Skip other messages (e.g. said/user_left of other tests' clients) until ``type_``."""
+    with trio.fail_after(timeout):
+        while True:
+            message = json.loads(await ws.get_message())
+            if message["type"] == type_:
+                return message
