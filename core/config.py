@@ -31,6 +31,15 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     handshake_timeout: float = 10.0
     # Seconds to wait for the closing handshake before dropping the TCP connection.
     close_timeout: float = 5.0
+    # Seconds an away session keeps its seat (the app's AI plays for it meanwhile).
+    grace: float = 120.0
+    # Stream messages kept per session for replay; an older gap makes the resume say
+    # replay_gap and the app send a snapshot. Memory: this many references per session.
+    replay_buffer: int = 1024
+    # File with the HMAC secret shared by all shards (created, 0600, if absent).
+    secret_file: str = ".ws-secret"
+    # Seconds a shard waits for another shard to hand over a resumed session.
+    fetch_timeout: float = 5.0
     # Freeze the start-up heap and raise GC thresholds in shards (see shards.__main__).
     gc_tuning: bool = True
 

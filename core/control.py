@@ -12,6 +12,7 @@ import struct
 import msgspec
 
 from core.protocol import Said, UserLeft
+from core.session import SessionSnapshot
 
 MAX_FRAME = 64 * 1024 * 1024  # a hand-off of a big shard's sessions fits; garbage does not
 _LEN = struct.Struct(">I")
@@ -30,10 +31,57 @@ class Ready(_Control, tag="ready", kw_only=True):
 
 
 class Broadcast(_Control, tag="broadcast", kw_only=True):
-    """A stream message for every session on every shard; ``origin`` already delivered it."""
+    """A stream message for every session on every shard.
+
+    Shards send it with ``bseq`` 0; the supervisor numbers broadcasts in one total order
+    and relays them to every shard, the origin included. A session handed between shards
+    records the last ``bseq`` applied to it, so nothing is lost or doubled in transit.
+    """
 
     origin: int
     message: Said | UserLeft
+    bseq: int = 0
+
+
+class Claim(_Control, tag="claim", kw_only=True):
+    """Shard -> supervisor: this shard now holds ``session``."""
+
+    shard: int
+    session: str
+
+
+class Release(_Control, tag="release", kw_only=True):
+    """Shard -> supervisor: ``session`` ended (left or expired) on this shard."""
+
+    shard: int
+    session: str
+
+
+class Fetch(_Control, tag="fetch", kw_only=True):
+    """Shard -> supervisor: a client resumes ``session`` here; get it from its holder."""
+
+    request: int
+    shard: int
+    session: str
+    epoch: int
+
+
+class Surrender(_Control, tag="surrender", kw_only=True):
+    """Supervisor -> holder: hand ``session`` over if ``epoch`` is its current token epoch."""
+
+    request: int
+    session: str
+    epoch: int
+
+
+class Handoff(_Control, tag="handoff", kw_only=True):
+    """Holder -> supervisor -> requester: the session (``snapshot`` None = refused)."""
+
+    request: int
+    session: str
+    snapshot: SessionSnapshot | None
+    applied_bseq: int = 0
+    error: str | None = None  # "invalid" | "expired" when refused
 
 
 class Drain(_Control, tag="drain", kw_only=True):
@@ -52,7 +100,7 @@ class Drained(_Control, tag="drained", kw_only=True):
     forced: int
 
 
-ControlMessage = Ready | Broadcast | Drain | Drained
+ControlMessage = Ready | Broadcast | Drain | Drained | Claim | Release | Fetch | Surrender | Handoff
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ControlMessage)

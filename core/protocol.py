@@ -80,11 +80,13 @@ class Welcome(_ServerMessage, tag="welcome", kw_only=True):
     shard: int
     heartbeat: HeartbeatInfo
     last_cseq: int
-    resume_error: str | None = None
+    resume_error: str | None = None  # "invalid" | "expired": a resume failed, new session
+    replay_gap: bool = False  # resumed, but older missed messages were no longer buffered
 
 
 class HeartbeatAck(_ServerMessage, tag="heartbeat_ack", kw_only=True):
     ts: int | float
+    last_cseq: int = 0  # highest client cseq processed: the client may drop older outbox entries
 
 
 class ServerShutdown(_ServerMessage, tag="server_shutdown", kw_only=True):

@@ -7,6 +7,7 @@ trio-websocket sees all of them, pongs included, and costs one store per read.
 from __future__ import annotations
 
 import trio
+
 from core.heartbeat_wheel import HeartbeatWheel
 
 

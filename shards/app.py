@@ -6,7 +6,13 @@ updates are quick, and anything slow belongs in a task the app starts itself):
 * ``start(server)`` - once per shard, before any connection; keep ``server``.
 * ``on_connect(session)`` - after the session's ``welcome`` was queued.
 * ``on_message(session, message)`` - one decoded client message (``core.protocol``).
-* ``on_leave(session, reason)`` - the session ended (``graceful``, ``abnormal``, ...).
+* ``on_away(session, reason)`` - the connection died (``abnormal``, ``heartbeat_timeout``,
+  ``shutdown``); the session keeps its seat for ``--grace`` seconds: let the AI play.
+* ``on_back(session, gap)`` - the player resumed; ``gap`` True means some missed messages
+  were no longer buffered: send a full-state snapshot.
+* ``on_leave(session, reason)`` - the session ended: ``graceful`` (closed 1000/1001),
+  ``policy`` (closed for bad input) or ``expired`` (the grace window ran out).
+* ``on_handoff(session)`` (optional) - the session moved to another shard (a resume there).
 
 ``server.send(session, message)`` queues a stream message for one session (``seq`` is
 stamped for you); ``server.broadcast(message)`` reaches every session on every shard.
@@ -37,6 +43,10 @@ class App(Protocol):
 
     def on_message(self, session: Session, message: ClientMessage) -> None: ...
 
+    def on_away(self, session: Session, reason: str) -> None: ...
+
+    def on_back(self, session: Session, gap: bool) -> None: ...
+
     def on_leave(self, session: Session, reason: str) -> None: ...
 
 
@@ -58,6 +68,12 @@ class DemoApp:
             self.server.send(session, EchoReply(data=message.data))
         elif isinstance(message, Say):
             self.server.broadcast(Said(from_=session.id, text=message.text))
+
+    def on_away(self, session: Session, reason: str) -> None:
+        pass  # the lobby holds no seat; rooms (the game) let the AI play here
+
+    def on_back(self, session: Session, gap: bool) -> None:
+        pass
 
     def on_leave(self, session: Session, reason: str) -> None:
         assert self.server is not None

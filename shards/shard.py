@@ -13,14 +13,13 @@ import math
 import os
 import signal
 import socket
+import urllib.parse
 from typing import Any
 
-import msgspec
 import trio
-from core.heartbeat_wheel import HeartbeatWheel
 from trio_websocket import ConnectionClosed, wrap_server_stream
 
-from core.close_codes import CloseCode, DisconnectKind, How
+from core.close_codes import CloseCode, How
 from core.config import ShardConfig
 from core.control import (
     Broadcast,
@@ -29,10 +28,13 @@ from core.control import (
     Drain,
     Drained,
     FrameReader,
+    Handoff,
     Ready,
+    Surrender,
     encode_frame,
 )
 from core.heartbeat import HeartbeatPolicy
+from core.heartbeat_wheel import HeartbeatWheel
 from core.protocol import (
     MSGPACK_SUBPROTOCOL,
     Codec,
@@ -44,13 +46,14 @@ from core.protocol import (
     ServerShutdown,
     StreamMessage,
     UserLeft,
-    Welcome,
 )
 from core.session import Session
+from core.tokens import TokenSigner, load_or_create_secret
 from shards.activity import ActivityStream
 from shards.app import App
 from shards.connection import Connection, duration
 from shards.log import log
+from shards.session_host import SessionHost
 
 _ACCEPT_RESOURCE_ERRORS = {"EMFILE", "ENFILE", "ENOMEM", "ENOBUFS"}
 
@@ -77,8 +80,13 @@ class Shard:
         self._listen_sock = listen_sock
         self._control_sock = control_sock
         self.connections: dict[int, Connection] = {}
-        self.sessions: dict[str, Connection] = {}
-        self._codecs = (Codec(binary=False), Codec(binary=True))
+        self.host: SessionHost | None = None
+        if app is not None:
+            signer = TokenSigner(load_or_create_secret(self.server.secret_file))
+            control = self._control if control_sock is not None else None
+            self.host = SessionHost(
+                self.shard_index, self.server, signer, app, self.heartbeat_info, control
+            )
         self._control_send, self._control_recv = trio.open_memory_channel[bytes](math.inf)
         self._accept_scope = trio.CancelScope()
         self._all_closed = trio.Event()
@@ -93,6 +101,8 @@ class Shard:
             self.app.start(self)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.host is not None:
+                nursery.start_soon(self.host.grace_loop)
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._signal_loop)
             if self._control_sock is not None:
@@ -258,23 +268,16 @@ class Shard:
             conn.send(frame)
 
     async def _session_loop(self, conn: Connection, app: App) -> None:
-        session = Session()
-        conn.session = session
-        self.sessions[session.id] = conn
-        conn.send(
-            conn.codec.encode(
-                Welcome(
-                    session=session.id,
-                    token=session.token,
-                    resumed=False,
-                    shard=self.shard_index,
-                    heartbeat=self.heartbeat_info,
-                    last_cseq=session.last_cseq,
-                )
-            )
-        )
-        if not self._call_app(conn, app.on_connect, session):
+        assert self.host is not None
+        token, last_seq = resume_query(conn.path)
+        opened = await self.host.open(token, last_seq)
+        if conn.closing:
+            # The client vanished while its session was being fetched: it stays away.
+            conn.session = opened.session
+            self.host.attached[opened.session.id] = conn
             return
+        self.host.attach(conn, opened)
+        session = opened.session
         while not conn.closing:
             try:
                 frame = await conn.ws.get_message()
@@ -292,11 +295,18 @@ class Shard:
                 )
                 conn.close(exc.code, exc.reason)
                 return
+            if conn.session is not session:
+                return  # replaced by a newer connection while this one was reading
             if isinstance(message, Heartbeat):
-                conn.send(conn.codec.encode(HeartbeatAck(ts=message.ts)))
-            elif not self._call_app(conn, app.on_message, session, message):
+                conn.send(
+                    conn.codec.encode(HeartbeatAck(ts=message.ts, last_cseq=session.last_cseq))
+                )
+                continue
+            if session.is_duplicate(message.cseq):
+                continue  # a re-send of something already processed before a reconnect
+            if not self._call_app(conn, app.on_message, session, message):
                 return
-            session.saw_cseq(message.cseq)
+            session.processed(message.cseq)
 
     def _call_app(self, conn: Connection, fn: Any, *args: Any) -> bool:
         """Run an app callback; a crash closes only this connection, 1011, and is logged."""
@@ -330,41 +340,19 @@ class Shard:
             silent_s=conn.silent_s,
             reconnect=disconnect.reconnect,
         )
-        if session is not None:
-            self.sessions.pop(session.id, None)
-            # A shutdown is not the player leaving: they will come back elsewhere.
-            if self.app is not None and disconnect.kind is not DisconnectKind.SHUTDOWN:
-                try:
-                    self.app.on_leave(session, str(disconnect.kind))
-                except Exception as exc:  # noqa: BLE001
-                    log("app_error", shard=self.shard_index, callback="on_leave", error=repr(exc))
+        if self.host is not None:
+            self.host.detach(conn, disconnect)
         if not self.connections:
             self._all_closed.set()
 
     # ================================================================== AppServer API
     def send(self, session: Session, message: StreamMessage) -> None:
-        conn = self.sessions.get(session.id)
-        if conn is None:
-            return
-        message = msgspec.structs.replace(message, seq=session.next_seq())
-        conn.send(conn.codec.encode(message))
+        assert self.host is not None
+        self.host.send(session, message)
 
     def broadcast(self, message: Said | UserLeft) -> None:
-        self._deliver(message)
-        self._control(Broadcast(origin=self.shard_index, message=message))
-
-    def _deliver(self, message: Said | UserLeft) -> None:
-        """Encode once per wire format, stamp each recipient's seq."""
-        bodies: list[str | bytes | None] = [None, None]
-        for conn in list(self.sessions.values()):
-            session = conn.session
-            if session is None or conn.closing:
-                continue
-            codec = conn.codec
-            body = bodies[codec.binary]
-            if body is None:
-                body = bodies[codec.binary] = codec.encode_body(message)
-            conn.send(codec.stamp(body, session.next_seq()))
+        assert self.host is not None
+        self.host.broadcast(message)
 
     # ================================================================== heartbeat
     async def _heartbeat_loop(self) -> None:
@@ -417,11 +405,32 @@ class Shard:
 
     def _on_control(self, message: ControlMessage) -> None:
         if isinstance(message, Broadcast):
-            self._deliver(message.message)
+            if self.host is not None:
+                self.host.apply_broadcast(message.bseq, message.message)
+        elif isinstance(message, Surrender):
+            if self.host is not None:
+                self._control(self.host.surrender(message))
+        elif isinstance(message, Handoff):
+            if self.host is not None:
+                self.host.install(message)
         elif isinstance(message, Drain):
             self._nursery.start_soon(
                 self.drain, message.reason, message.reconnect_after_ms, message.timeout
             )
+
+
+def resume_query(path: str) -> tuple[str | None, int]:
+    """``resume`` token and ``last_seq`` from the request target (``/?resume=T&last_seq=N``)."""
+    query = urllib.parse.urlsplit(path).query
+    if not query:
+        return None, 0
+    params = urllib.parse.parse_qs(query)
+    token = params.get("resume", [None])[0]
+    try:
+        last_seq = int(params.get("last_seq", ["0"])[0])
+    except ValueError:
+        last_seq = -1  # refused by Session.resume: the resume fails as "invalid"
+    return token or None, last_seq
 
 
 def _errno_name(exc: OSError) -> str:

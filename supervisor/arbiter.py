@@ -22,14 +22,21 @@ import trio
 from core.config import ServerConfig, ShardConfig
 from core.control import (
     Broadcast,
+    Claim,
     ControlFrameError,
     ControlMessage,
     Drain,
     Drained,
+    Fetch,
     FrameReader,
+    Handoff,
     Ready,
+    Release,
+    Surrender,
     encode_frame,
 )
+from core.directory import InMemoryDirectory, SessionDirectory
+from core.tokens import load_or_create_secret
 from shards.log import log
 
 RELAY_QUEUE = 10_000  # control frames queued per shard before relays to it are dropped
@@ -85,9 +92,16 @@ class Supervisor:
         self._stopped = trio.Event()
         self._generation = 0
         self._exit_code = 0
+        self.directory: SessionDirectory = InMemoryDirectory()
+        self.bseq = 0  # broadcasts numbered in one total order for every shard
+        self._session_locks: dict[str, trio.Lock] = {}
+        self._surrenders: dict[int, _Reply] = {}
+        self._next_request = 0
 
     # ================================================================== main loop
     async def run(self) -> int:
+        # Create the shared token secret before any shard races to do it.
+        load_or_create_secret(self.config.secret_file)
         self.sock = self._bind()
         host, port = self.sock.getsockname()[:2]
         try:
@@ -199,8 +213,11 @@ class Supervisor:
                 return
             first_started.set()
             await handle.exited.wait()
+            lost = self.directory.drop_shard(index)
             if self.stopping:
                 return
+            if lost:
+                log("sessions_lost", shard=index, count=len(lost))
             lived = trio.current_time() - handle.started_at
             failures = 0 if lived > HEALTHY_AFTER else failures + 1
             delay = 0.0 if failures <= 1 else min(5.0, 0.1 * 2 ** (failures - 1))
@@ -271,14 +288,85 @@ class Supervisor:
             log("control_error", shard=handle.index, pid=handle.pid, error=str(exc))
             handle.process.kill()
 
+    async def _route_fetch(self, requester: ShardHandle, fetch: Fetch) -> None:
+        """A client resumes on ``requester``: take the session from its holder.
+
+        Fetches of one session are serialised, so of two racing resumes the second is
+        routed to the winner's shard and refused there (its token epoch is used up).
+        """
+        lock = self._session_locks.setdefault(fetch.session, trio.Lock())
+        try:
+            async with lock:
+                answer = await self._surrender_from_holder(requester, fetch)
+                if answer.snapshot is not None:
+                    self.directory.move(fetch.session, requester.index)
+                requester.send_frame(
+                    encode_frame(
+                        Handoff(
+                            request=fetch.request,
+                            session=fetch.session,
+                            snapshot=answer.snapshot,
+                            applied_bseq=answer.applied_bseq,
+                            error=answer.error,
+                        )
+                    )
+                )
+                log(
+                    "handoff",
+                    session=fetch.session,
+                    to_shard=requester.index,
+                    ok=answer.snapshot is not None,
+                    error=answer.error,
+                )
+        finally:
+            if not lock.statistics().tasks_waiting and not lock.locked():
+                self._session_locks.pop(fetch.session, None)
+
+    async def _surrender_from_holder(self, requester: ShardHandle, fetch: Fetch) -> Handoff:
+        refused = Handoff(
+            request=fetch.request, session=fetch.session, snapshot=None, error="expired"
+        )
+        owner_index = self.directory.owner_of(fetch.session)
+        holder = self.shards.get(owner_index) if owner_index is not None else None
+        if holder is None or holder is requester or holder.exited.is_set():
+            return refused
+        self._next_request += 1
+        request = self._next_request
+        reply = self._surrenders[request] = _Reply()
+        holder.send_frame(
+            encode_frame(Surrender(request=request, session=fetch.session, epoch=fetch.epoch))
+        )
+        try:
+            with trio.move_on_after(self.config.fetch_timeout):
+                await reply.done.wait()
+        finally:
+            self._surrenders.pop(request, None)
+        if reply.value is None:
+            log("surrender_timeout", session=fetch.session, shard=holder.index)
+            return refused
+        return reply.value
+
     def _on_control(self, handle: ShardHandle, message: ControlMessage) -> None:
         if isinstance(message, Ready):
             handle.ready.set()
         elif isinstance(message, Broadcast):
-            frame = encode_frame(message)
+            self.bseq += 1
+            frame = encode_frame(
+                Broadcast(origin=message.origin, message=message.message, bseq=self.bseq)
+            )
             for other in self.shards.values():
-                if other is not handle and other.ready.is_set() and not other.exited.is_set():
+                if other.ready.is_set() and not other.exited.is_set():
                     other.send_frame(frame)
+        elif isinstance(message, Claim):
+            self.directory.claim(message.session, handle.index)
+        elif isinstance(message, Release):
+            self.directory.release(message.session, handle.index)
+        elif isinstance(message, Fetch):
+            self._nursery.start_soon(self._route_fetch, handle, message)
+        elif isinstance(message, Handoff):
+            reply = self._surrenders.get(message.request)
+            if reply is not None:
+                reply.set(message)
         elif isinstance(message, Drained):
             handle.drained = message
             log(
@@ -288,6 +376,18 @@ class Supervisor:
                 closed=message.closed,
                 forced=message.forced,
             )
+
+
+class _Reply:
+    __slots__ = ("done", "value")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: Handoff | None = None
+
+    def set(self, value: Handoff) -> None:
+        self.value = value
+        self.done.set()
 
 
 async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -114,6 +114,30 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to finish the HTTP upgrade (default {d.handshake_timeout:g})",
     )
     p.add_argument(
+        "--grace",
+        type=_positive,
+        default=d.grace,
+        metavar="S",
+        help=f"seconds a disconnected player's session keeps its seat and can be resumed "
+        f"on any shard (default {d.grace:g}); the session and its replay buffer stay in "
+        f"memory that long",
+    )
+    p.add_argument(
+        "--replay-buffer",
+        type=int,
+        default=d.replay_buffer,
+        metavar="N",
+        help=f"stream messages kept per session for replay on resume (default "
+        f"{d.replay_buffer}); an older gap is reported as replay_gap",
+    )
+    p.add_argument(
+        "--secret-file",
+        default=d.secret_file,
+        metavar="PATH",
+        help=f"HMAC secret for resume tokens, shared by all shards; created (0600) if "
+        f"absent (default {d.secret_file})",
+    )
+    p.add_argument(
         "--no-gc-tuning",
         action="store_true",
         help="keep CPython's default GC settings in shards (for benchmarking)",
@@ -126,6 +150,8 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
     args = parser.parse_args(argv)
     if args.shards < 1:
         parser.error("--shards must be at least 1")
+    if args.replay_buffer < 1:
+        parser.error("--replay-buffer must be at least 1")
     policy = resolve(args.heartbeat, args.heartbeat_interval, args.heartbeat_timeout)
     return ServerConfig(
         host=args.host,
@@ -139,5 +165,8 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         max_message_size=args.max_message_size,
         max_outbound_queue=args.max_outbound_queue,
         handshake_timeout=args.handshake_timeout,
+        grace=args.grace,
+        replay_buffer=args.replay_buffer,
+        secret_file=args.secret_file,
         gc_tuning=not args.no_gc_tuning,
     )

@@ -138,6 +138,25 @@ async def _pump(stream: trio.abc.ReceiveStream, log: LogLines, echo: bool) -> No
             log.add(text)
 
 
+async def _wait_ready(process: trio.Process, log: LogLines) -> int:
+    """The port from the ``ready`` line; fail at once if the supervisor exits first."""
+    port = 0
+
+    async def ready(cancel: trio.CancelScope) -> None:
+        nonlocal port
+        port = int((await log.wait_for("ready", timeout=60))["port"])
+        cancel.cancel()
+
+    async def died(cancel: trio.CancelScope) -> None:
+        code = await process.wait()
+        raise AssertionError(f"supervisor exited with {code} before it was ready")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ready, nursery.cancel_scope)
+        nursery.start_soon(died, nursery.cancel_scope)
+    return port
+
+
 @asynccontextmanager
 async def open_server(
     *args: str, shards: int = 2, ready: bool = True, echo_logs: bool = True
@@ -169,8 +188,7 @@ async def open_server(
             assert process.stderr is not None
             nursery.start_soon(_pump, process.stderr, log, echo_logs)
             if ready:
-                line = await log.wait_for("ready", timeout=60)
-                server.port = int(line["port"])
+                server.port = await _wait_ready(process, log)
             try:
                 yield server
             finally:

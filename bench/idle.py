@@ -1,0 +1,292 @@
+"""GC stalls with many idle connections: round-trip p99.9 with and without the GC tuning.
+
+Run as ``python -m bench.idle [--connections 10000] [--shards 1] [--duration 30]
+[--gc both|tuned|default]``.
+
+For each variant ('tuned' = the shards' ``tune_gc``; 'default' = ``--no-gc-tuning``,
+CPython's thresholds) a fresh supervisor is started with heartbeats on
+(``--heartbeat-interval 5 --heartbeat-timeout 15``) and:
+
+1. ``--connections`` idle WebSocket clients are opened from ``--workers`` processes
+   (raw-socket epoll clients, one loopback source address each; they answer every ping
+   with a pong and read everything the server sends);
+2. shard RSS is read before and after connecting (``/proc/<pid>/status`` VmRSS);
+3. heartbeat CPU: the shards' utime+stime over ``--idle-window`` seconds with no other
+   traffic than pings and pongs, as % of one core, and the pings the clients answered;
+4. active phase (``--duration`` s): ``--echo-clients`` clients each send
+   ``{"type":"echo","data":n}`` at ``--echo-rate``/s on a fixed (open-loop) schedule and
+   time the round trip; at the same time one client sends a 64-byte ``say`` at
+   ``--say-rate``/s, which the demo app delivers to every session (the allocation churn
+   of a lobby chat: one frame per connection per say), and times its own copy (fan-out).
+
+It checks that no ``event=disconnect`` line appeared during the run (an idle client
+closed as a zombie would be ``kind=heartbeat_timeout``), then SIGTERMs the supervisor
+(clients answer the 1012 close) and kills every pid it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from typing import Any
+
+from bench._load import (
+    SERVER_ROOT,
+    Child,
+    Server,
+    cpu_seconds,
+    machine_info,
+    percentile,
+    rss_kib,
+)
+
+HEARTBEAT = ("--heartbeat-interval", "5", "--heartbeat-timeout", "15")
+
+
+def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
+    args = [*HEARTBEAT, "--drain-timeout", "5"]
+    if name == "default":
+        args.append("--no-gc-tuning")
+    server = Server(*args, shards=a.shards)
+    workers: list[Child] = []
+    active: Child | None = None
+    out: dict[str, Any] = {"variant": name}
+    try:
+        server.start()
+        pids = list(server.shard_pids().values())
+        port = str(server.port)
+        time.sleep(1.0)
+        out["rss_before"] = sum(rss_kib(p) for p in pids)
+
+        # ---- connect
+        started = time.monotonic()
+        base, extra = divmod(a.connections, a.workers)
+        for w in range(a.workers):
+            count = base + (1 if w < extra else 0)
+            workers.append(
+                Child(
+                    "pool",
+                    "--port",
+                    port,
+                    "--count",
+                    str(count),
+                    "--source",
+                    f"127.0.{index}.{w + 2}",
+                    "--max-seconds",
+                    "600",
+                )
+            )
+        failed: collections.Counter[str] = collections.Counter()
+        held = 0
+        for w in workers:
+            message = w.expect("connected", 180)
+            held += message["ok"]
+            failed.update(message["failed"])
+        out["connect_s"] = time.monotonic() - started
+        out["held"] = held
+        out["failed"] = dict(failed)
+        time.sleep(2.0)
+        out["rss_after"] = sum(rss_kib(p) for p in pids)
+
+        # ---- idle window: heartbeats only
+        pings0 = _pings(workers)
+        cpu0 = sum(cpu_seconds(p) for p in pids)
+        t0 = time.monotonic()
+        time.sleep(a.idle_window)
+        cpu1 = sum(cpu_seconds(p) for p in pids)
+        t1 = time.monotonic()
+        pings1 = _pings(workers)
+        out["hb_cpu"] = 100.0 * (cpu1 - cpu0) / (t1 - t0)
+        out["pings_per_s"] = (pings1 - pings0) / (t1 - t0)
+
+        # ---- active phase
+        cpu2 = sum(cpu_seconds(p) for p in pids)
+        t2 = time.monotonic()
+        active = Child(
+            "active",
+            "--port",
+            port,
+            "--source",
+            f"127.0.{index}.200",
+            "--echo-clients",
+            str(a.echo_clients),
+            "--echo-rate",
+            str(a.echo_rate),
+            "--say-rate",
+            str(a.say_rate),
+            "--duration",
+            str(a.duration),
+            "--max-seconds",
+            str(a.duration + 60),
+        )
+        active.expect("connected", 30)
+        result = active.expect("result", a.duration + 60)
+        out["active_cpu"] = (
+            100.0 * (sum(cpu_seconds(p) for p in pids) - cpu2) / (time.monotonic() - t2)
+        )
+        out["rss_end"] = sum(rss_kib(p) for p in pids)
+        out["rtts"] = result["rtts"]
+        out["lost"] = result["lost"]
+        out["say_rtts"] = result["say_rtts"]
+        out["say_lost"] = result["say_lost"]
+        out["errors"] = result["errors"]
+
+        # ---- nothing may have been closed during the run
+        stats = [_stats(w) for w in workers]
+        out["open_end"] = sum(s["open"] for s in stats)
+        out["client_closed"] = dict(
+            sum((collections.Counter(s["closed"]) for s in stats), collections.Counter())
+        )
+        disconnects = server.events("disconnect")
+        out["disconnects"] = collections.Counter(f.get("kind", "?") for f in disconnects)
+        out["disconnect_lines"] = [
+            line for line in server.raw if "event=disconnect" in line or "event=shard_exit" in line
+        ][:5]
+        out["other_events"] = collections.Counter(
+            f.get("event")
+            for f in server.lines
+            if f.get("event") not in ("shard_spawn", "shard_ready", "ready", "disconnect")
+        )
+    finally:
+        if active is not None:
+            active.kill()
+        server.stop(timeout=20)
+        for w in workers:
+            w.stop()
+    return out
+
+
+def _stats(worker: Child) -> dict[str, Any]:
+    worker.send("stats")
+    return worker.expect("stats", 10)
+
+
+def _pings(workers: list[Child]) -> int:
+    return sum(_stats(w)["pings"] for w in workers)
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
+    print()
+    print("Memory and heartbeat cost (idle: only pings and pongs)")
+    header = (
+        f"{'variant':<8} {'held':>7} {'connect s':>9} {'RSS before':>10} {'RSS after':>10}"
+        f" {'KiB/conn':>8} {'RSS end':>8} {'hb CPU %':>8} {'pings/s':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        per_conn = (r["rss_after"] - r["rss_before"]) / max(1, r["held"])
+        print(
+            f"{r['variant']:<8} {r['held']:>7,} {r['connect_s']:>9.1f}"
+            f" {r['rss_before'] / 1024:>7.1f} MiB {r['rss_after'] / 1024:>6.1f} MiB"
+            f" {per_conn:>8.1f} {r['rss_end'] / 1024:>4.0f} MiB {r['hb_cpu']:>8.1f}"
+            f" {r['pings_per_s']:>8,.0f}"
+        )
+    print()
+    print(
+        f"Echo round trip, ms ({a.echo_clients} clients x {a.echo_rate:g}/s for "
+        f"{a.duration:g} s, with a say to all {a.connections:,} sessions {a.say_rate:g}/s)"
+    )
+    header = (
+        f"{'variant':<8} {'samples':>7} {'lost':>4} {'p50':>7} {'p99':>7} {'p99.9':>7}"
+        f" {'max':>7} {'shard CPU %':>11} {'fan-out p50':>11} {'fan-out max':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        rtt = sorted(x[1] for x in r["rtts"])
+        fan = sorted(x[1] for x in r["say_rtts"])
+        r["p999"] = percentile(rtt, 99.9)
+        r["max"] = rtt[-1] if rtt else float("nan")
+        print(
+            f"{r['variant']:<8} {len(rtt):>7,} {r['lost']:>4} {_ms(percentile(rtt, 50)):>7}"
+            f" {_ms(percentile(rtt, 99)):>7} {_ms(r['p999']):>7} {_ms(r['max']):>7}"
+            f" {r['active_cpu']:>11.0f}"
+            f" {_ms(statistics.median(fan)) if fan else '-':>11}"
+            f" {_ms(fan[-1]) if fan else '-':>11}"
+        )
+    by_name = {r["variant"]: r for r in results}
+    if "tuned" in by_name and "default" in by_name:
+        t, d = by_name["tuned"], by_name["default"]
+        print()
+        print(
+            f"default/tuned: p99.9 {d['p999'] / t['p999']:.2f}x, max {d['max'] / t['max']:.2f}x"
+        )
+    print()
+    for r in results:
+        worst = sorted(r["rtts"], key=lambda x: -x[1])[:5]
+        text = ", ".join(f"{ms:,.0f} ms at {t:.1f} s" for t, ms in worst)
+        print(f"{r['variant']}: slowest round trips (send time since start): {text}")
+    for r in results:
+        kinds = dict(r["disconnects"])
+        print(
+            f"{r['variant']}: disconnect lines during the run: {kinds or 'none'}"
+            f" (heartbeat_timeout: {kinds.get('heartbeat_timeout', 0)});"
+            f" clients still open: {r['open_end']:,}/{r['held']:,}"
+            f"{'; failed to connect: ' + str(r['failed']) if r['failed'] else ''}"
+            f"{'; client errors: ' + str(r['errors']) if r['errors'] else ''}"
+        )
+        if kinds:
+            for line in r["disconnect_lines"]:
+                print(f"    {line}")
+        others = {k: v for k, v in r["other_events"].items() if k}
+        if others:
+            print(f"    other server events: {others}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.idle", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=30.0, help="active phase, seconds")
+    parser.add_argument("--gc", choices=["both", "tuned", "default"], default="both")
+    parser.add_argument("--workers", type=int, default=4, help="client processes")
+    parser.add_argument("--idle-window", type=float, default=10.0)
+    parser.add_argument("--echo-clients", type=int, default=4)
+    parser.add_argument("--echo-rate", type=float, default=50.0, help="per echo client, 1/s")
+    parser.add_argument("--say-rate", type=float, default=1.0, help="says per second (0: none)")
+    a = parser.parse_args(argv)
+    if not 1 <= a.connections <= 40_000:
+        parser.error("--connections must be in 1..40000")
+    if not 1 <= a.workers <= 16 or a.connections / a.workers > 15_000:
+        parser.error("--workers must be in 1..16, with at most 15,000 connections each")
+    if not 0 < a.duration <= 600 or not 0 < a.idle_window <= 120:
+        parser.error("--duration must be in (0, 600] and --idle-window in (0, 120]")
+    if not 1 <= a.echo_clients <= 64 or not 0 < a.echo_rate <= 1000 or a.say_rate < 0:
+        parser.error("bad --echo-clients/--echo-rate/--say-rate")
+    variants = ["tuned", "default"] if a.gc == "both" else [a.gc]
+
+    started = time.monotonic()
+    print("GC stalls with idle connections (python -m bench.idle)")
+    for line in machine_info():
+        print(line)
+    print(
+        f"settings: {a.connections:,} idle connections from {a.workers} client processes, "
+        f"--shards {a.shards}, heartbeat 5 s/15 s, idle window {a.idle_window:g} s; "
+        f"server from {SERVER_ROOT}"
+    )
+    print(
+        "'tuned' = shards.__main__.tune_gc (gc.freeze + thresholds 50000/20/100); "
+        "'default' = --no-gc-tuning (700/10/10)"
+    )
+    sys.stdout.flush()
+    results = []
+    for index, name in enumerate(variants):
+        print(f"... {name}", flush=True)
+        results.append(run_variant(name, index, a))
+    report(results, a)
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,352 @@
+"""The sessions a shard holds: open or resume, away and the grace window, expiry, hand-off.
+
+A session outlives its connection. When a connection dies without a goodbye the session
+goes *away* (the app hears ``on_away`` and can let its AI play); a client that comes back
+within ``grace`` seconds with its token resumes it - on this shard, or on another one that
+fetches it from here through the supervisor - and gets every missed stream message once,
+in order. Broadcasts are applied in the supervisor's total order (``bseq``) so a session in
+transit between shards misses none and gets none twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
+import trio
+
+from core.close_codes import CloseCode, Disconnect, DisconnectKind
+from core.control import Broadcast, Claim, ControlMessage, Fetch, Handoff, Release, Surrender
+from core.protocol import HeartbeatInfo, Said, StreamMessage, UserLeft, Welcome
+from core.session import ResumePlan, Session, SessionState, SessionStateError
+from core.tokens import TokenError, TokenSigner
+from shards.log import log
+
+if TYPE_CHECKING:
+    from core.config import ServerConfig
+    from shards.app import App
+    from shards.connection import Connection
+
+BROADCAST_LOG = 4096  # broadcasts remembered to bring a session arriving by hand-off up to date
+
+
+@dataclass(slots=True)
+class Opened:
+    session: Session
+    plan: ResumePlan | None  # None for a new session
+    resume_error: str | None
+
+
+class _PendingFetch:
+    __slots__ = ("done", "session", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.session: Session | None = None
+        self.error: str | None = None
+
+
+class SessionHost:
+    def __init__(
+        self,
+        shard_index: int,
+        config: ServerConfig,
+        signer: TokenSigner,
+        app: App,
+        heartbeat: HeartbeatInfo,
+        control: Callable[[ControlMessage], None] | None,
+    ) -> None:
+        self.shard_index = shard_index
+        self.config = config
+        self.signer = signer
+        self.app = app
+        self.heartbeat = heartbeat
+        self._control = control
+        self.sessions: dict[str, Session] = {}
+        self.attached: dict[str, Connection] = {}
+        self._grace: list[tuple[float, str]] = []
+        self._grace_changed = trio.Event()
+        self.bseq = 0
+        self._blog: deque[tuple[int, Said | UserLeft]] = deque(maxlen=BROADCAST_LOG)
+        self._skip_until: dict[str, int] = {}  # arrived by hand-off: already has these bseqs
+        self._gap: set[str] = set()  # arrived by hand-off with broadcasts we no longer know
+        self._fetches: dict[int, _PendingFetch] = {}
+        self._next_request = 0
+        self.stats = {"resumed": 0, "resume_invalid": 0, "resume_expired": 0, "replayed": 0}
+
+    # ================================================================== open / resume
+    async def open(self, token: str | None, last_seq: int) -> Opened:
+        """A new session, or the resumed one (fetched from another shard if need be)."""
+        if token is None:
+            return Opened(self._new_session(), None, None)
+        try:
+            claims = self.signer.verify(token, time.time())
+        except TokenError as exc:
+            return self._failed_resume(exc.reason, str(exc))
+        session = self.sessions.get(claims.session_id)
+        if session is None:
+            session, error = await self._fetch(claims.session_id, claims.epoch)
+            if session is None:
+                return self._failed_resume(error or "expired", "not found")
+        try:
+            plan = session.resume(claims.epoch, last_seq, time.monotonic())
+        except ValueError as exc:
+            return self._failed_resume("invalid", str(exc))
+        except SessionStateError as exc:
+            return self._failed_resume("expired", str(exc))
+        if claims.session_id in self._gap:
+            self._gap.discard(claims.session_id)
+            plan = ResumePlan(plan.replay, True)
+        old = self.attached.pop(session.id, None)
+        if old is not None:
+            # A zombie the heartbeat has not caught yet: one session, one live connection.
+            old.session = None
+            old.close(CloseCode.SESSION_REPLACED, "session resumed by a newer connection")
+        self.stats["resumed"] += 1
+        return Opened(session, plan, None)
+
+    def _new_session(self) -> Session:
+        session = Session(grace=self.config.grace, buffer_size=self.config.replay_buffer)
+        self.sessions[session.id] = session
+        self._send_control(Claim(shard=self.shard_index, session=session.id))
+        return session
+
+    def _failed_resume(self, reason: str, detail: str) -> Opened:
+        self.stats[f"resume_{reason}"] = self.stats.get(f"resume_{reason}", 0) + 1
+        log("resume_failed", shard=self.shard_index, error=reason, detail=detail)
+        return Opened(self._new_session(), None, reason)
+
+    def attach(self, conn: Connection, opened: Opened) -> None:
+        """Queue ``welcome`` (+ the replay) on ``conn`` and tell the app."""
+        session, plan = opened.session, opened.plan
+        conn.session = session
+        token = self.signer.issue(session.id, session.next_token_epoch(), time.time())
+        conn.send(
+            conn.codec.encode(
+                Welcome(
+                    session=session.id,
+                    token=token,
+                    resumed=plan is not None,
+                    shard=self.shard_index,
+                    heartbeat=self.heartbeat,
+                    last_cseq=session.last_cseq,
+                    resume_error=opened.resume_error,
+                    replay_gap=bool(plan and plan.gap),
+                )
+            )
+        )
+        if plan is not None:
+            for seq, message in plan.replay:
+                conn.send(conn.codec.stamp(conn.codec.encode_body(message), seq))
+            self.stats["replayed"] += len(plan.replay)
+            log(
+                "resume",
+                shard=self.shard_index,
+                session=session.id,
+                replayed=len(plan.replay),
+                gap=plan.gap,
+                last_seq=session.last_seq,
+                last_cseq=session.last_cseq,
+            )
+        self.attached[session.id] = conn
+        if plan is None:
+            self.app.on_connect(session)
+        else:
+            self.app.on_back(session, plan.gap)
+
+    # ================================================================== connection ended
+    def detach(self, conn: Connection, disconnect: Disconnect) -> None:
+        """The connection of a session ended: leave, or go away for the grace window."""
+        session = conn.session
+        if session is None or self.attached.get(session.id) is not conn:
+            return  # replaced by a newer connection, or never attached
+        del self.attached[session.id]
+        if disconnect.kind in (DisconnectKind.GRACEFUL, DisconnectKind.POLICY):
+            session.leave()
+            self._end(session, str(disconnect.kind))
+            return
+        deadline = session.away(str(disconnect.kind), time.monotonic())
+        self._schedule_expiry(deadline, session.id)
+        self._call("on_away", session, str(disconnect.kind))
+
+    def _schedule_expiry(self, deadline: float, session_id: str) -> None:
+        heapq.heappush(self._grace, (deadline, session_id))
+        self._grace_changed.set()
+
+    def _end(self, session: Session, reason: str) -> None:
+        self.sessions.pop(session.id, None)
+        self._skip_until.pop(session.id, None)
+        self._send_control(Release(shard=self.shard_index, session=session.id))
+        self._call("on_leave", session, reason)
+
+    def _call(self, name: str, *args: object) -> None:
+        callback = getattr(self.app, name, None)
+        if callback is None:
+            return  # optional callbacks (on_handoff) may be absent
+        try:
+            callback(*args)
+        except Exception as exc:  # noqa: BLE001 - an app bug must not take the shard down
+            log("app_error", shard=self.shard_index, callback=name, error=repr(exc)[:200])
+
+    async def grace_loop(self) -> None:
+        """Expire away sessions whose grace ran out (one task for the whole shard)."""
+        while True:
+            now = time.monotonic()
+            while self._grace and self._grace[0][0] <= now:
+                _, session_id = heapq.heappop(self._grace)
+                session = self.sessions.get(session_id)
+                if session is not None and session.expired(now):
+                    session.expire(now)
+                    log(
+                        "session_expired",
+                        shard=self.shard_index,
+                        session=session_id,
+                        away_s=now - (session.away_since or now),
+                    )
+                    self._end(session, "expired")
+            wait = self._grace[0][0] - now if self._grace else math.inf
+            with trio.move_on_after(wait):
+                await self._grace_changed.wait()
+            self._grace_changed = trio.Event()
+
+    # ================================================================== stream messages
+    def send(self, session: Session, message: StreamMessage) -> None:
+        if self.sessions.get(session.id) is not session:
+            return
+        seq = session.record(message)
+        conn = self.attached.get(session.id)
+        if conn is not None:
+            conn.send(conn.codec.encode(msgspec.structs.replace(message, seq=seq)))
+
+    def broadcast(self, message: Said | UserLeft) -> None:
+        if self._control is None:
+            self.apply_broadcast(self.bseq + 1, message)
+        else:
+            self._control(Broadcast(origin=self.shard_index, message=message))
+
+    def apply_broadcast(self, bseq: int, message: Said | UserLeft) -> None:
+        """Record a broadcast in every session here (away ones too) and send it to the
+        attached ones: one encode per wire format, each copy only gets its seq stamped."""
+        self.bseq = bseq
+        self._blog.append((bseq, message))
+        bodies: list[str | bytes | None] = [None, None]
+        skip = self._skip_until
+        for session in self.sessions.values():
+            if skip and skip.get(session.id, 0) >= bseq:
+                continue
+            if session.state not in (SessionState.CONNECTED, SessionState.AWAY):
+                continue
+            seq = session.record(message)
+            conn = self.attached.get(session.id)
+            if conn is None or conn.closing:
+                continue
+            codec = conn.codec
+            body = bodies[codec.binary]
+            if body is None:
+                body = bodies[codec.binary] = codec.encode_body(message)
+            conn.send(codec.stamp(body, seq))
+        if skip:
+            for session_id in [s for s, until in skip.items() if until <= bseq]:
+                del skip[session_id]
+
+    # ================================================================== hand-off
+    async def _fetch(self, session_id: str, epoch: int) -> tuple[Session | None, str | None]:
+        if self._control is None:
+            return None, "expired"
+        self._next_request += 1
+        request = self._next_request
+        pending = self._fetches[request] = _PendingFetch()
+        self._control(
+            Fetch(request=request, shard=self.shard_index, session=session_id, epoch=epoch)
+        )
+        try:
+            with trio.move_on_after(self.config.fetch_timeout):
+                await pending.done.wait()
+        finally:
+            self._fetches.pop(request, None)
+        if not pending.done.is_set():
+            log("fetch_timeout", shard=self.shard_index, session=session_id)
+            return None, "expired"
+        return pending.session, pending.error
+
+    def surrender(self, request: Surrender) -> Handoff:
+        """The supervisor asks for a session a client is resuming on another shard."""
+        session = self.sessions.get(request.session)
+        if session is None:
+            return Handoff(
+                request=request.request, session=request.session, snapshot=None, error="expired"
+            )
+        if request.epoch != session.epoch:
+            return Handoff(
+                request=request.request, session=request.session, snapshot=None, error="invalid"
+            )
+        old = self.attached.pop(session.id, None)
+        if old is not None:
+            old.session = None
+            old.close(CloseCode.SESSION_REPLACED, "session resumed on another shard")
+        del self.sessions[session.id]
+        self._skip_until.pop(session.id, None)
+        log(
+            "handoff_out",
+            shard=self.shard_index,
+            session=session.id,
+            buffered=session.buffered,
+            last_seq=session.last_seq,
+        )
+        self._call("on_handoff", session)
+        return Handoff(
+            request=request.request,
+            session=session.id,
+            snapshot=session.snapshot(),
+            applied_bseq=self.bseq,
+        )
+
+    def install(self, handoff: Handoff) -> None:
+        """A fetched session arrives (runs in the control reader, before any later
+        broadcast is applied, so none is missed)."""
+        pending = self._fetches.get(handoff.request)
+        if handoff.snapshot is None:
+            if pending is not None:
+                pending.error = handoff.error or "expired"
+                pending.done.set()
+            return
+        session = Session.restore(handoff.snapshot)
+        now = time.monotonic()
+        if session.state is SessionState.CONNECTED:
+            session.away("moved", now)
+        deadline = session.grace_deadline
+        assert deadline is not None
+        self.sessions[session.id] = session
+        self._schedule_expiry(deadline, session.id)
+        applied = handoff.applied_bseq
+        if applied < self.bseq:
+            # Broadcasts this shard applied that the old holder had not: catch up from the log.
+            missing = [(b, m) for b, m in self._blog if b > applied]
+            if not missing or missing[0][0] != applied + 1:
+                self._gap.add(session.id)
+            for _, message in missing:
+                session.record(message)
+        elif applied > self.bseq:
+            self._skip_until[session.id] = applied
+        log(
+            "handoff_in",
+            shard=self.shard_index,
+            session=session.id,
+            buffered=session.buffered,
+            last_seq=session.last_seq,
+        )
+        if pending is None:
+            # The resuming client gave up meanwhile: the session waits here for its grace.
+            return
+        pending.session = session
+        pending.done.set()
+
+    def _send_control(self, message: ControlMessage) -> None:
+        if self._control is not None:
+            self._control(message)
