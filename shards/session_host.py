@@ -92,6 +92,9 @@ class SessionHost:
         session = self.sessions.get(claims.session_id)
         if session is None:
             session, error = await self._fetch(claims.session_id, claims.epoch)
+            # A racing resume on this shard may have brought the session here meanwhile:
+            # then the token epoch decides (the loser's token is used up).
+            session = session or self.sessions.get(claims.session_id)
             if session is None:
                 return self._failed_resume(error or "expired", "not found")
         try:
@@ -107,6 +110,7 @@ class SessionHost:
         if old is not None:
             # A zombie the heartbeat has not caught yet: one session, one live connection.
             old.session = None
+            old.replaced = True
             old.close(CloseCode.SESSION_REPLACED, "session resumed by a newer connection")
         self.stats["resumed"] += 1
         return Opened(session, plan, None)
@@ -126,6 +130,7 @@ class SessionHost:
         """Queue ``welcome`` (+ the replay) on ``conn`` and tell the app."""
         session, plan = opened.session, opened.plan
         conn.session = session
+        conn.session_id = session.id
         token = self.signer.issue(session.id, session.next_token_epoch(), time.time())
         conn.send(
             conn.codec.encode(
@@ -289,6 +294,7 @@ class SessionHost:
         old = self.attached.pop(session.id, None)
         if old is not None:
             old.session = None
+            old.replaced = True
             old.close(CloseCode.SESSION_REPLACED, "session resumed on another shard")
         del self.sessions[session.id]
         self._skip_until.pop(session.id, None)

@@ -274,6 +274,7 @@ class Shard:
         if conn.closing:
             # The client vanished while its session was being fetched: it stays away.
             conn.session = opened.session
+            conn.session_id = opened.session.id
             self.host.attached[opened.session.id] = conn
             return
         self.host.attach(conn, opened)
@@ -328,13 +329,12 @@ class Shard:
         if conn.slot in self.wheel:
             self.wheel.remove(conn.slot)
         disconnect, reason = conn.outcome()
-        session = conn.session
         log(
             "disconnect",
             kind=disconnect.kind,
             code=disconnect.code,
             reason=reason,
-            session=session.id if session else None,
+            session=conn.session_id,
             shard=self.shard_index,
             duration_s=duration(conn.accepted_at),
             silent_s=conn.silent_s,

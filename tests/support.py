@@ -228,3 +228,104 @@ async def receive_until(
             message = json.loads(await ws.get_message())
             if message["type"] == type_:
                 return message
+
+
+class RawClient:
+    """A WebSocket client on a bare TCP stream (wsproto), so a test can vanish without a
+    close frame, or stop reading, exactly like a lost phone."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        import wsproto
+
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self._pending: list[Any] = []
+        self.close_code: int | None = None
+
+    @classmethod
+    async def connect(cls, port: int, path: str = "/", host: str = "127.0.0.1") -> RawClient:
+        from wsproto.events import AcceptConnection, Request
+
+        client = cls(await trio.open_tcp_stream(host, port))
+        await client.stream.send_all(client.ws.send(Request(host=host, target=path)))
+        with trio.fail_after(10):
+            while True:
+                event = await client._next_event()
+                if isinstance(event, AcceptConnection):
+                    return client
+                raise AssertionError(f"handshake failed: {event!r}")
+
+    async def _next_event(self) -> Any:
+        from wsproto.events import Ping
+
+        while True:
+            if not self._pending:
+                self._pending.extend(self.ws.events())
+            while self._pending:
+                event = self._pending.pop(0)
+                if isinstance(event, Ping):
+                    await self.stream.send_all(self.ws.send(event.response()))
+                    continue
+                return event
+            data = await self.stream.receive_some(65536)
+            self.ws.receive_data(data or None)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        from wsproto.events import TextMessage
+
+        await self.stream.send_all(self.ws.send(TextMessage(data=json.dumps(message))))
+
+    async def receive(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next JSON message; raises ``Closed`` with the code when the server closes."""
+        from wsproto.events import CloseConnection, TextMessage
+
+        with trio.fail_after(timeout):
+            buf = ""
+            while True:
+                event = await self._next_event()
+                if isinstance(event, TextMessage):
+                    buf += event.data
+                    if event.message_finished:
+                        return json.loads(buf)
+                elif isinstance(event, CloseConnection):
+                    self.close_code = event.code
+                    raise Closed(event.code, event.reason)
+
+    async def receive_until(self, type_: str, timeout: float = 10.0) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                message = await self.receive()
+                if message["type"] == type_:
+                    return message
+
+    def vanish(self) -> None:
+        """TCP reset, no close frame: the server sees a 1006."""
+        import socket as stdsocket
+        import struct
+
+        sock = self.stream.socket
+        sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    async def close(self, code: int = 1000) -> None:
+        from wsproto.events import CloseConnection
+
+        await self.stream.send_all(self.ws.send(CloseConnection(code=code)))
+        with trio.move_on_after(5):
+            try:
+                while True:
+                    await self.receive()
+            except Closed:
+                pass
+        await self.stream.aclose()
+
+
+class Closed(Exception):
+    def __init__(self, code: int, reason: str | None) -> None:
+        super().__init__(f"closed {code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def resume_path(welcome: dict[str, Any], last_seq: int, path: str = "/") -> str:
+    return f"{path}?resume={welcome['token']}&last_seq={last_seq}"

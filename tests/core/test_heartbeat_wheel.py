@@ -16,9 +16,10 @@ import math
 import time
 
 import pytest
-from core.heartbeat_wheel import HeartbeatWheel
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+
+from core.heartbeat_wheel import HeartbeatWheel
 
 EPS = 1e-9
 
