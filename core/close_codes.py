@@ -98,6 +98,9 @@ def classify(code: int | None, how: How) -> Disconnect:
         return Disconnect(DisconnectKind.HEARTBEAT_TIMEOUT, 1006, True)
     if code is None:
         code = 1005
+    if code == CloseCode.SESSION_REPLACED:
+        # Another connection owns the session now; reconnecting would steal it back.
+        return Disconnect(DisconnectKind.APPLICATION, code, False)
     if code in APP_RECONNECT_RANGE:
         return Disconnect(DisconnectKind.APPLICATION, code, True)
     if code in APP_TERMINAL_RANGE:

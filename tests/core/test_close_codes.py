@@ -82,9 +82,15 @@ def test_tls_handshake_failure_is_abnormal_without_reconnect(how: How) -> None:
 
 
 @CLOSED_BY_EITHER_SIDE
-@pytest.mark.parametrize("code", [4000, 4001, 4250, 4499])
-def test_application_codes_4000_to_4499_invite_reconnect(how: How, code: int) -> None:
+@pytest.mark.parametrize("code", [4001, 4250, 4499])
+def test_application_codes_4001_to_4499_invite_reconnect(how: How, code: int) -> None:
     assert classify(code, how) == Disconnect(APPLICATION, code, True)
+
+
+@CLOSED_BY_EITHER_SIDE
+def test_session_replaced_4000_does_not_invite_a_reconnect(how: How) -> None:
+    # The newer connection owns the session; reconnecting would steal it back.
+    assert classify(4000, how) == Disconnect(APPLICATION, 4000, False)
 
 
 @CLOSED_BY_EITHER_SIDE
