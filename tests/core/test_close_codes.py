@@ -110,9 +110,9 @@ def test_application_ranges_are_adjacent_and_cover_4000_to_4999() -> None:
     assert (APP_TERMINAL_RANGE.start, APP_TERMINAL_RANGE.stop) == (4500, 5000)
 
 
-def test_session_replaced_is_a_reconnectable_application_code() -> None:
+def test_session_replaced_is_in_the_application_range_but_terminal_for_the_client() -> None:
     assert CloseCode.SESSION_REPLACED in APP_RECONNECT_RANGE
-    assert classify(CloseCode.SESSION_REPLACED, How.SERVER_CLOSED).reconnect is True
+    assert classify(CloseCode.SESSION_REPLACED, How.SERVER_CLOSED).reconnect is False
 
 
 def test_close_code_values_match_rfc_6455() -> None:
