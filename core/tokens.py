@@ -61,6 +61,8 @@ class TokenSigner:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (ValueError, TypeError):
             raise TokenError("invalid", "not base64") from None
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+            raise TokenError("invalid", "not the canonical spelling")  # one token, one form
         if len(raw) != _BODY.size + _MAC_BYTES:
             raise TokenError("invalid", "wrong length")
         body, mac = raw[: _BODY.size], raw[_BODY.size :]
