@@ -38,8 +38,16 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     replay_buffer: int = 1024
     # File with the HMAC secret shared by all shards (created, 0600, if absent).
     secret_file: str = ".ws-secret"
+    # Route a resume to the shard holding the session (one fd pass) instead of fetching the
+    # session's state to the shard the kernel picked (one state transfer). Fetching is what
+    # a multi-machine deployment must do, where fds cannot travel.
+    route_resumes: bool = True
     # Seconds a shard waits for another shard to hand over a resumed session.
     fetch_timeout: float = 5.0
+    # Demo game (Race to 21 in rooms): seconds per move, and how soon the AI moves for an
+    # away player.
+    turn_seconds: float = 10.0
+    ai_think_seconds: float = 0.5
     # Freeze the start-up heap and raise GC thresholds in shards (see shards.__main__).
     gc_tuning: bool = True
 

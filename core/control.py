@@ -100,7 +100,44 @@ class Drained(_Control, tag="drained", kw_only=True):
     forced: int
 
 
-ControlMessage = Ready | Broadcast | Drain | Drained | Claim | Release | Fetch | Surrender | Handoff
+class Load(_Control, tag="load", kw_only=True):
+    """Shard -> supervisor, every second: what it carries (placement, status, metrics)."""
+
+    shard: int
+    connections: int
+    sessions: int
+    rooms: int
+
+
+class RoomReleased(_Control, tag="room_released", kw_only=True):
+    """Shard -> supervisor: the last session of ``room`` ended here."""
+
+    shard: int
+    room: str
+
+
+class PassConnection(msgspec.Struct, kw_only=True):
+    """Sent with one fd (SCM_RIGHTS) over a shard's SOCK_SEQPACKET hand-off socket:
+    shard -> supervisor "route this", supervisor -> owner "serve this"."""
+
+    room: str | None = None
+    session: str | None = None
+    origin: int = -1
+
+
+ControlMessage = (
+    Ready
+    | Broadcast
+    | Drain
+    | Drained
+    | Claim
+    | Release
+    | Fetch
+    | Surrender
+    | Handoff
+    | Load
+    | RoomReleased
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ControlMessage)

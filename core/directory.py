@@ -23,6 +23,14 @@ class SessionDirectory(Protocol):
 
     def count(self, shard: int) -> int: ...
 
+    def claim_room(self, room: str, shard: int) -> None: ...
+
+    def room_owner(self, room: str) -> int | None: ...
+
+    def release_room(self, room: str, shard: int) -> bool: ...
+
+    def rooms_of(self, shard: int) -> list[str]: ...
+
 
 class InMemoryDirectory:
     """A dict per direction; O(1) lookups, O(sessions of the shard) ``drop_shard``."""
@@ -30,6 +38,8 @@ class InMemoryDirectory:
     def __init__(self) -> None:
         self._owner: dict[str, int] = {}
         self._by_shard: dict[int, set[str]] = {}
+        self._room_owner: dict[str, int] = {}
+        self._rooms_by_shard: dict[int, set[str]] = {}
 
     def claim(self, session: str, shard: int) -> None:
         self.move(session, shard)
@@ -53,7 +63,10 @@ class InMemoryDirectory:
         return True
 
     def drop_shard(self, shard: int) -> list[str]:
-        """A shard died: forget everything it held; returns those sessions."""
+        """A shard died: forget everything it held (rooms too); returns its sessions."""
+        for room in self._rooms_by_shard.pop(shard, set()):
+            if self._room_owner.get(room) == shard:
+                del self._room_owner[room]
         sessions = self._by_shard.pop(shard, set())
         for session in sessions:
             if self._owner.get(session) == shard:
@@ -62,3 +75,24 @@ class InMemoryDirectory:
 
     def count(self, shard: int) -> int:
         return len(self._by_shard.get(shard, ()))
+
+    # ------------------------------------------------------------------ rooms
+    def claim_room(self, room: str, shard: int) -> None:
+        old = self._room_owner.get(room)
+        if old is not None:
+            self._rooms_by_shard.get(old, set()).discard(room)
+        self._room_owner[room] = shard
+        self._rooms_by_shard.setdefault(shard, set()).add(room)
+
+    def room_owner(self, room: str) -> int | None:
+        return self._room_owner.get(room)
+
+    def release_room(self, room: str, shard: int) -> bool:
+        if self._room_owner.get(room) != shard:
+            return False
+        del self._room_owner[room]
+        self._rooms_by_shard.get(shard, set()).discard(room)
+        return True
+
+    def rooms_of(self, shard: int) -> list[str]:
+        return sorted(self._rooms_by_shard.get(shard, ()))

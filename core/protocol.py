@@ -60,7 +60,13 @@ class Heartbeat(_ClientMessage, tag="heartbeat", kw_only=True):
     ts: int | float
 
 
-ClientMessage = Echo | Say | Heartbeat
+class Move(_ClientMessage, tag="move", kw_only=True):
+    """Race to 21 (rooms of the default app): add ``n`` (1-3) to the total on your turn."""
+
+    n: int
+
+
+ClientMessage = Echo | Say | Heartbeat | Move
 
 
 # ---------------------------------------------------------------- server -> client
@@ -114,8 +120,66 @@ class UserLeft(_StreamMessage, tag="user_left", kw_only=True):
     reason: str
 
 
-ServerMessage = Welcome | HeartbeatAck | ServerShutdown | EchoReply | Said | UserLeft
-StreamMessage = EchoReply | Said | UserLeft
+# ---------------------------------------------------------------- rooms (default app)
+class Joined(_StreamMessage, tag="joined", kw_only=True):
+    session: str
+    seat: int
+    players: list[str]
+
+
+class PlayerAway(_StreamMessage, tag="player_away", kw_only=True):
+    session: str
+    ai: bool  # always true: the server's AI plays this seat meanwhile
+
+
+class PlayerBack(_StreamMessage, tag="player_back", kw_only=True):
+    session: str
+    ai: bool  # always false: the player plays again
+
+
+class Turn(_StreamMessage, tag="turn", kw_only=True):
+    session: str
+    total: int
+    round: int
+    deadline_ms: int  # milliseconds left for this move before the AI plays it
+
+
+class Moved(_StreamMessage, tag="moved", kw_only=True):
+    session: str
+    n: int
+    total: int
+    by_ai: bool
+
+
+class RoundOver(_StreamMessage, tag="round_over", kw_only=True):
+    winner: str
+    round: int
+    wins: dict[str, int]
+
+
+class MoveRejected(_StreamMessage, tag="move_rejected", kw_only=True):
+    reason: str
+
+
+class SeatInfo(msgspec.Struct):
+    session: str
+    away: bool
+
+
+class RoomState(_StreamMessage, tag="room_state", kw_only=True):
+    """A full snapshot, sent on join and on a resume with ``replay_gap``."""
+
+    room: str
+    seats: list[SeatInfo]
+    total: int
+    turn: str | None
+    round: int
+    wins: dict[str, int]
+
+
+RoomEvent = Joined | PlayerAway | PlayerBack | Turn | Moved | RoundOver | MoveRejected | RoomState
+StreamMessage = EchoReply | Said | UserLeft | RoomEvent
+ServerMessage = Welcome | HeartbeatAck | ServerShutdown | StreamMessage
 
 
 class Codec:

@@ -72,6 +72,7 @@ class SessionSnapshot(msgspec.Struct, kw_only=True):
     away_since: float | None
     away_reason: str | None
     buffer: list[ReplayEntry]
+    room: str | None = None
 
 
 class Session:
@@ -86,6 +87,7 @@ class Session:
         "grace",
         "away_since",
         "away_reason",
+        "room",
         "_buffer",
     )
 
@@ -95,6 +97,7 @@ class Session:
         *,
         grace: float = DEFAULT_GRACE,
         buffer_size: int = DEFAULT_REPLAY_BUFFER,
+        room: str | None = None,
     ) -> None:
         if buffer_size < 1:
             raise ValueError("replay buffer must hold at least one message")
@@ -106,6 +109,7 @@ class Session:
         self.grace = grace
         self.away_since: float | None = None
         self.away_reason: str | None = None
+        self.room = room  # the room this session plays in (None = lobby)
         self._buffer: deque[tuple[int, Any]] = deque(maxlen=buffer_size)
 
     # ----------------------------------------------------------------- stream
@@ -202,11 +206,12 @@ class Session:
             away_since=self.away_since,
             away_reason=self.away_reason,
             buffer=[ReplayEntry(seq, msg) for seq, msg in self._buffer],
+            room=self.room,
         )
 
     @classmethod
     def restore(cls, snap: SessionSnapshot) -> Session:
-        s = cls(snap.id, grace=snap.grace, buffer_size=snap.buffer_size)
+        s = cls(snap.id, grace=snap.grace, buffer_size=snap.buffer_size, room=snap.room)
         s.state = SessionState(snap.state)
         s.epoch = snap.epoch
         s.last_seq = snap.last_seq

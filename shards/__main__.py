@@ -41,16 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="ShardConfig as JSON")
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, default=None)
+    parser.add_argument("--handoff-fd", type=int, default=None)
     args = parser.parse_args(argv)
     config = msgspec.json.decode(args.config, type=ShardConfig)
     listen_sock = socket.socket(fileno=args.listen_fd)
     control_sock = socket.socket(fileno=args.control_fd) if args.control_fd is not None else None
     try:
-        app = load_app(config.server.app)
+        app = load_app(
+            config.server.app,
+            turn_seconds=config.server.turn_seconds,
+            ai_think_seconds=config.server.ai_think_seconds,
+        )
     except Exception as exc:  # noqa: BLE001 - report a bad --app once, clearly
         log("app_load_failed", shard=config.index, app=config.server.app, error=repr(exc))
         return 2
-    shard = Shard(config, listen_sock, control_sock, app)
+    handoff_sock = socket.socket(fileno=args.handoff_fd) if args.handoff_fd is not None else None
+    shard = Shard(config, listen_sock, control_sock, app, handoff_sock)
     tune_gc(config.server.gc_tuning)
     trio.run(shard.run)
     return 0

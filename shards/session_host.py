@@ -22,7 +22,16 @@ import msgspec
 import trio
 
 from core.close_codes import CloseCode, Disconnect, DisconnectKind
-from core.control import Broadcast, Claim, ControlMessage, Fetch, Handoff, Release, Surrender
+from core.control import (
+    Broadcast,
+    Claim,
+    ControlMessage,
+    Fetch,
+    Handoff,
+    Release,
+    RoomReleased,
+    Surrender,
+)
 from core.protocol import HeartbeatInfo, Said, StreamMessage, UserLeft, Welcome
 from core.session import ResumePlan, Session, SessionState, SessionStateError
 from core.tokens import TokenError, TokenSigner
@@ -69,6 +78,7 @@ class SessionHost:
         self.heartbeat = heartbeat
         self._control = control
         self.sessions: dict[str, Session] = {}
+        self.rooms: dict[str, set[str]] = {}  # room -> sessions held here that play in it
         self.attached: dict[str, Connection] = {}
         self._grace: list[tuple[float, str]] = []
         self._grace_changed = trio.Event()
@@ -81,14 +91,24 @@ class SessionHost:
         self.stats = {"resumed": 0, "resume_invalid": 0, "resume_expired": 0, "replayed": 0}
 
     # ================================================================== open / resume
-    async def open(self, token: str | None, last_seq: int) -> Opened:
+    def hosts_room(self, room: str) -> bool:
+        return room in self.rooms
+
+    def session_of_token(self, token: str) -> str | None:
+        """The session a genuine token names (for routing; the resume checks the rest)."""
+        try:
+            return self.signer.verify(token, time.time()).session_id
+        except TokenError:
+            return None
+
+    async def open(self, token: str | None, last_seq: int, room: str | None = None) -> Opened:
         """A new session, or the resumed one (fetched from another shard if need be)."""
         if token is None:
-            return Opened(self._new_session(), None, None)
+            return Opened(self._new_session(room), None, None)
         try:
             claims = self.signer.verify(token, time.time())
         except TokenError as exc:
-            return self._failed_resume(exc.reason, str(exc))
+            return self._failed_resume(exc.reason, str(exc), room)
         session = self.sessions.get(claims.session_id)
         if session is None:
             session, error = await self._fetch(claims.session_id, claims.epoch)
@@ -96,13 +116,13 @@ class SessionHost:
             # then the token epoch decides (the loser's token is used up).
             session = session or self.sessions.get(claims.session_id)
             if session is None:
-                return self._failed_resume(error or "expired", "not found")
+                return self._failed_resume(error or "expired", "not found", room)
         try:
             plan = session.resume(claims.epoch, last_seq, time.monotonic())
         except ValueError as exc:
-            return self._failed_resume("invalid", str(exc))
+            return self._failed_resume("invalid", str(exc), room)
         except SessionStateError as exc:
-            return self._failed_resume("expired", str(exc))
+            return self._failed_resume("expired", str(exc), room)
         if claims.session_id in self._gap:
             self._gap.discard(claims.session_id)
             plan = ResumePlan(plan.replay, True)
@@ -115,16 +135,32 @@ class SessionHost:
         self.stats["resumed"] += 1
         return Opened(session, plan, None)
 
-    def _new_session(self) -> Session:
-        session = Session(grace=self.config.grace, buffer_size=self.config.replay_buffer)
-        self.sessions[session.id] = session
+    def _new_session(self, room: str | None) -> Session:
+        session = Session(grace=self.config.grace, buffer_size=self.config.replay_buffer, room=room)
+        self._hold(session)
         self._send_control(Claim(shard=self.shard_index, session=session.id))
         return session
 
-    def _failed_resume(self, reason: str, detail: str) -> Opened:
+    def _hold(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        if session.room is not None:
+            self.rooms.setdefault(session.room, set()).add(session.id)
+
+    def _unhold(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        self._skip_until.pop(session.id, None)
+        if session.room is not None:
+            members = self.rooms.get(session.room)
+            if members is not None:
+                members.discard(session.id)
+                if not members:
+                    del self.rooms[session.room]
+                    self._send_control(RoomReleased(shard=self.shard_index, room=session.room))
+
+    def _failed_resume(self, reason: str, detail: str, room: str | None) -> Opened:
         self.stats[f"resume_{reason}"] = self.stats.get(f"resume_{reason}", 0) + 1
         log("resume_failed", shard=self.shard_index, error=reason, detail=detail)
-        return Opened(self._new_session(), None, reason)
+        return Opened(self._new_session(room), None, reason)
 
     def attach(self, conn: Connection, opened: Opened) -> None:
         """Queue ``welcome`` (+ the replay) on ``conn`` and tell the app."""
@@ -185,8 +221,7 @@ class SessionHost:
         self._grace_changed.set()
 
     def _end(self, session: Session, reason: str) -> None:
-        self.sessions.pop(session.id, None)
-        self._skip_until.pop(session.id, None)
+        self._unhold(session)
         self._send_control(Release(shard=self.shard_index, session=session.id))
         self._call("on_leave", session, reason)
 
@@ -328,7 +363,7 @@ class SessionHost:
             session.away("moved", now)
         deadline = session.grace_deadline
         assert deadline is not None
-        self.sessions[session.id] = session
+        self._hold(session)
         self._schedule_expiry(deadline, session.id)
         applied = handoff.applied_bseq
         if applied < self.bseq:

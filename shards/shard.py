@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -29,6 +30,8 @@ from core.control import (
     Drained,
     FrameReader,
     Handoff,
+    Load,
+    PassConnection,
     Ready,
     Surrender,
     encode_frame,
@@ -53,8 +56,18 @@ from shards.activity import ActivityStream
 from shards.app import App
 from shards.connection import Connection, duration
 from shards.log import log
+from shards.routing import (
+    BadRequest,
+    http_error,
+    parse_target,
+    peek_request_line,
+    receive_connection,
+    send_connection,
+)
 from shards.session_host import SessionHost
+from shards.timers import TimerHandle, Timers
 
+LOAD_REPORT_INTERVAL = 1.0  # seconds between Load reports to the supervisor
 _ACCEPT_RESOURCE_ERRORS = {"EMFILE", "ENFILE", "ENOMEM", "ENOBUFS"}
 
 
@@ -67,6 +80,7 @@ class Shard:
         listen_sock: socket.socket,
         control_sock: socket.socket | None,
         app: App | None,
+        handoff_sock: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.server = config.server
@@ -79,6 +93,9 @@ class Shard:
         self.heartbeat_info = HeartbeatInfo(self.policy.interval_ms, self.policy.timeout_ms)
         self._listen_sock = listen_sock
         self._control_sock = control_sock
+        self._handoff_std = handoff_sock
+        self._handoff: trio.socket.SocketType | None = None
+        self.timers = Timers(config.index)
         self.connections: dict[int, Connection] = {}
         self.host: SessionHost | None = None
         if app is not None:
@@ -103,6 +120,9 @@ class Shard:
             self._nursery = nursery
             if self.host is not None:
                 nursery.start_soon(self.host.grace_loop)
+                nursery.start_soon(self.timers.run)
+            if self._control_sock is not None:
+                nursery.start_soon(self._load_reports)
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._signal_loop)
             if self._control_sock is not None:
@@ -110,7 +130,11 @@ class Shard:
                 nursery.start_soon(self._control_reader, control)
                 nursery.start_soon(self._control_writer, control)
             async with trio.open_nursery() as connections:
+                self._connections = connections
                 connections.start_soon(self._accept_loop, listener, connections)
+                if self._handoff_std is not None:
+                    self._handoff = trio.socket.from_stdlib_socket(self._handoff_std)
+                    connections.start_soon(self._handoff_reader, connections)
                 self._control(
                     Ready(
                         shard=self.shard_index, pid=os.getpid(), generation=self.config.generation
@@ -146,7 +170,7 @@ class Shard:
                         continue
                     raise
                 self.stats["accepted"] += 1
-                nursery.start_soon(self._serve, stream)
+                nursery.start_soon(self._route, stream)
 
     async def _signal_loop(self) -> None:
         # Ctrl-C reaches the whole process group: the supervisor conducts the shutdown,
@@ -208,6 +232,87 @@ class Shard:
         self._done.set()
 
     # ================================================================== connections
+    async def _route(self, raw: trio.SocketStream) -> None:
+        """Serve here, or pass the socket to the shard owning its room or session."""
+        if self.host is None or self._handoff is None:
+            await self._serve(raw)
+            return
+        try:
+            line = await peek_request_line(raw.socket, self.server.handshake_timeout)
+            if line is None:
+                self.stats["handshake_timeouts"] += 1
+                log("handshake_failed", shard=self.shard_index, reason="no request line")
+                raw.socket.close()
+                return
+            target = parse_target(line)
+        except BadRequest as exc:
+            await self._reject(raw, exc.status, exc.reason)
+            return
+        note = None
+        if target.room is not None and not self.host.hosts_room(target.room):
+            note = PassConnection(room=target.room, origin=self.shard_index)
+        elif target.room is None and target.token is not None and self.server.route_resumes:
+            session_id = self.host.session_of_token(target.token)
+            if session_id is not None and session_id not in self.host.sessions:
+                note = PassConnection(session=session_id, origin=self.shard_index)
+        if note is None:
+            await self._serve(raw)
+            return
+        try:
+            await send_connection(self._handoff, raw.socket.fileno(), note)
+        except OSError as exc:
+            log("route_failed", shard=self.shard_index, error=repr(exc), room=note.room)
+            await self._serve(raw)  # the supervisor is gone: serve rather than drop
+            return
+        self.stats["routed_out"] = self.stats.get("routed_out", 0) + 1
+        log("routed", shard=self.shard_index, room=note.room, session=note.session)
+        raw.socket.close()  # the supervisor holds the connection now
+
+    async def _reject(self, raw: trio.SocketStream, status: int, reason: str) -> None:
+        log("request_rejected", shard=self.shard_index, status=status, reason=reason)
+        with trio.move_on_after(self.server.close_timeout):
+            try:
+                await raw.send_all(http_error(status, reason))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        raw.socket.close()
+
+    async def _handoff_reader(self, nursery: trio.Nursery) -> None:
+        """Connections routed here by the supervisor: served without routing them again."""
+        assert self._handoff is not None
+        while True:
+            try:
+                received = await receive_connection(self._handoff)
+            except OSError as exc:
+                log("handoff_socket_error", shard=self.shard_index, error=repr(exc))
+                return
+            if received is None:
+                return
+            note, fds = received
+            if note is None or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                log("handoff_bad_message", shard=self.shard_index, fds=len(fds))
+                continue
+            if self._draining:
+                os.close(fds[0])  # the client reconnects and lands on a live shard
+                continue
+            sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0]))
+            self.stats["routed_in"] = self.stats.get("routed_in", 0) + 1
+            nursery.start_soon(self._serve, trio.SocketStream(sock))
+
+    async def _load_reports(self) -> None:
+        while True:
+            self._control(
+                Load(
+                    shard=self.shard_index,
+                    connections=len(self.connections),
+                    sessions=len(self.host.sessions) if self.host else 0,
+                    rooms=len(self.host.rooms) if self.host else 0,
+                )
+            )
+            await trio.sleep(LOAD_REPORT_INTERVAL)
+
     async def _serve(self, raw: trio.SocketStream) -> None:
         stream = ActivityStream(raw, self.wheel)
         async with trio.open_nursery() as nursery:
@@ -270,7 +375,7 @@ class Shard:
     async def _session_loop(self, conn: Connection, app: App) -> None:
         assert self.host is not None
         token, last_seq = resume_query(conn.path)
-        opened = await self.host.open(token, last_seq)
+        opened = await self.host.open(token, last_seq, room_of(conn.path))
         if conn.closing:
             # The client vanished while its session was being fetched: it stays away.
             conn.session = opened.session
@@ -354,6 +459,9 @@ class Shard:
         assert self.host is not None
         self.host.broadcast(message)
 
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        return self.timers.call_at(when, callback)
+
     # ================================================================== heartbeat
     async def _heartbeat_loop(self) -> None:
         tick = self.wheel.tick
@@ -431,6 +539,11 @@ def resume_query(path: str) -> tuple[str | None, int]:
     except ValueError:
         last_seq = -1  # refused by Session.resume: the resume fails as "invalid"
     return token or None, last_seq
+
+
+def room_of(path: str) -> str | None:
+    route = urllib.parse.urlsplit(path).path
+    return route[len("/rooms/") :] if route.startswith("/rooms/") else None
 
 
 def _errno_name(exc: OSError) -> str:

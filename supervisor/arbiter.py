@@ -30,14 +30,18 @@ from core.control import (
     Fetch,
     FrameReader,
     Handoff,
+    Load,
+    PassConnection,
     Ready,
     Release,
+    RoomReleased,
     Surrender,
     encode_frame,
 )
 from core.directory import InMemoryDirectory, SessionDirectory
 from core.tokens import load_or_create_secret
 from shards.log import log
+from shards.routing import receive_connection, send_connection
 
 RELAY_QUEUE = 10_000  # control frames queued per shard before relays to it are dropped
 STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
@@ -49,12 +53,20 @@ class ShardHandle:
     """One running shard process and its end of the control channel."""
 
     def __init__(
-        self, index: int, generation: int, process: trio.Process, control: trio.SocketStream
+        self,
+        index: int,
+        generation: int,
+        process: trio.Process,
+        control: trio.SocketStream,
+        handoff: trio.socket.SocketType,
     ) -> None:
         self.index = index
         self.generation = generation
         self.process = process
         self.control = control
+        self.handoff = handoff
+        self.load: Load | None = None
+        self.placed_since_load = 0  # rooms placed here since its last Load report
         self.started_at = trio.current_time()
         self.ready = trio.Event()
         self.exited = trio.Event()
@@ -238,6 +250,9 @@ class Supervisor:
         self._generation += 1
         generation = self._generation
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Connections routed between shards travel as fds over a second, message-oriented
+        # pair: one datagram = one routing note + one fd.
+        handoff_parent, handoff_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         shard_config = ShardConfig(index=index, generation=generation, server=self.config)
         cmd = [
             sys.executable,
@@ -249,27 +264,33 @@ class Supervisor:
             str(self.sock.fileno()),
             "--control-fd",
             str(child_end.fileno()),
+            "--handoff-fd",
+            str(handoff_child.fileno()),
         ]
         try:
             process = await trio.lowlevel.open_process(
                 cmd,
-                pass_fds=(self.sock.fileno(), child_end.fileno()),
+                pass_fds=(self.sock.fileno(), child_end.fileno(), handoff_child.fileno()),
                 stdin=subprocess.DEVNULL,
             )
         finally:
             child_end.close()
+            handoff_child.close()
         control = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
-        handle = ShardHandle(index, generation, process, control)
+        handoff = trio.socket.from_stdlib_socket(handoff_parent)
+        handle = ShardHandle(index, generation, process, control, handoff)
         self.shards[index] = handle
         log("shard_spawn", shard=index, pid=process.pid, generation=generation)
         self._nursery.start_soon(self._watch, handle)
         self._nursery.start_soon(self._read_control, handle)
         self._nursery.start_soon(handle.writer)
+        self._nursery.start_soon(self._route_connections, handle)
         return handle
 
     async def _watch(self, handle: ShardHandle) -> None:
         await handle.process.wait()
         handle.exited.set()
+        handle.handoff.close()
         with trio.move_on_after(1):
             await handle.control.aclose()
 
@@ -287,6 +308,73 @@ class Supervisor:
         except ControlFrameError as exc:
             log("control_error", shard=handle.index, pid=handle.pid, error=str(exc))
             handle.process.kill()
+
+    # ================================================================== routing
+    async def _route_connections(self, origin: ShardHandle) -> None:
+        """Sockets a shard passes up: forward each to the shard owning its room/session."""
+        while True:
+            try:
+                received = await receive_connection(origin.handoff)
+            except OSError:
+                return
+            if received is None:
+                return
+            note, fds = received
+            for fd in fds[1:]:
+                os.close(fd)
+            if not fds:
+                continue
+            fd = fds[0]
+            try:
+                target = self._route_target(origin, note) if note is not None else None
+                if target is None:
+                    log("route_dropped", origin=origin.index, reason="no live shard")
+                    continue
+                assert note is not None
+                try:
+                    await send_connection(target.handoff, fd, note)
+                except OSError as exc:
+                    # The owner died mid-pass: the client sees its connection close and
+                    # reconnects; the room is placed again on a live shard.
+                    log("route_failed", room=note.room, to_shard=target.index, error=repr(exc))
+            finally:
+                os.close(fd)  # the target has its own copy now (or nobody needs it)
+
+    def _route_target(self, origin: ShardHandle, note: PassConnection) -> ShardHandle | None:
+        if note.room is not None:
+            owner = self._live(self.directory.room_owner(note.room))
+            if owner is None:
+                owner = self._least_loaded()
+                if owner is None:
+                    return None
+                self.directory.claim_room(note.room, owner.index)
+                owner.placed_since_load += 1
+                log("room_placed", room=note.room, shard=owner.index)
+            return owner
+        if note.session is not None:
+            holder = self._live(self.directory.owner_of(note.session))
+            if holder is not None:
+                return holder
+        return origin if not origin.exited.is_set() else self._least_loaded()
+
+    def _live(self, index: int | None) -> ShardHandle | None:
+        handle = self.shards.get(index) if index is not None else None
+        if handle is None or handle.exited.is_set() or not handle.ready.is_set():
+            return None
+        return handle
+
+    def _least_loaded(self) -> ShardHandle | None:
+        """Fewest connections (last report), then fewest rooms, counting fresh placements."""
+        live = [h for h in self.shards.values() if self._live(h.index) is h]
+        if not live:
+            return None
+
+        def load(h: ShardHandle) -> tuple[int, int, int]:
+            rooms = len(self.directory.rooms_of(h.index))
+            conns = h.load.connections if h.load else 0
+            return (conns + h.placed_since_load, rooms, h.index)
+
+        return min(live, key=load)
 
     async def _route_fetch(self, requester: ShardHandle, fetch: Fetch) -> None:
         """A client resumes on ``requester``: take the session from its holder.
@@ -361,6 +449,11 @@ class Supervisor:
             self.directory.claim(message.session, handle.index)
         elif isinstance(message, Release):
             self.directory.release(message.session, handle.index)
+        elif isinstance(message, Load):
+            handle.load = message
+            handle.placed_since_load = 0
+        elif isinstance(message, RoomReleased):
+            self.directory.release_room(message.room, handle.index)
         elif isinstance(message, Fetch):
             self._nursery.start_soon(self._route_fetch, handle, message)
         elif isinstance(message, Handoff):

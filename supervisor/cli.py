@@ -138,6 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
         f"absent (default {d.secret_file})",
     )
     p.add_argument(
+        "--turn-seconds",
+        type=_positive,
+        default=d.turn_seconds,
+        metavar="S",
+        help=f"demo game: seconds for a move before the AI plays it (default {d.turn_seconds:g})",
+    )
+    p.add_argument(
+        "--ai-think-seconds",
+        type=_positive,
+        default=d.ai_think_seconds,
+        metavar="S",
+        help=f"demo game: how soon the AI moves for an away player "
+        f"(default {d.ai_think_seconds:g})",
+    )
+    p.add_argument(
+        "--no-resume-routing",
+        action="store_true",
+        help="serve a lobby resume where the kernel accepted it and fetch the session "
+        "from its holder, instead of passing the socket to the holder",
+    )
+    p.add_argument(
         "--no-gc-tuning",
         action="store_true",
         help="keep CPython's default GC settings in shards (for benchmarking)",
@@ -168,5 +189,8 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         grace=args.grace,
         replay_buffer=args.replay_buffer,
         secret_file=args.secret_file,
+        turn_seconds=args.turn_seconds,
+        ai_think_seconds=args.ai_think_seconds,
+        route_resumes=not args.no_resume_routing,
         gc_tuning=not args.no_gc_tuning,
     )

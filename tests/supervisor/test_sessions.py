@@ -57,8 +57,32 @@ async def test_abrupt_close_then_resume_replays_missed_messages_once_in_order() 
         await server.log.wait_for("resume", session=welcome["session"], replayed=5)
 
 
-async def test_resume_on_another_shard_fetches_the_session_with_its_buffer() -> None:
+async def test_resume_accepted_by_another_shard_is_routed_to_the_holder() -> None:
     async with open_server(shards=2) as server:
+        player, welcome = await _welcome(server)
+        holder, last_seq = welcome["shard"], 0
+        other, _ = await _welcome(server)
+        # The kernel picks the accepting shard; keep resuming until another one accepted
+        # (it logs "routed"): the holder still serves it, with the replay.
+        for attempt in range(40):
+            await other.send({"type": "say", "text": f"while away {attempt}"})
+            player.vanish()
+            await _gone(server, welcome["session"])
+            mark = len(server.log.lines)
+            player, welcome = await _welcome(server, resume_path(welcome, last_seq))
+            assert welcome["resumed"] is True and welcome["shard"] == holder
+            (seq, text), *_ = await _said_texts(player, 1)
+            assert (seq, text) == (last_seq + 1, f"while away {attempt}")
+            last_seq = seq
+            if any(f.get("event") == "routed" for f in server.log.lines[mark:]):
+                break
+        else:
+            pytest.fail("40 resumes were all accepted by the holding shard")
+
+
+async def test_resume_on_another_shard_fetches_the_session_with_its_buffer() -> None:
+    # Without fd routing (as across machines) the accepting shard fetches the session.
+    async with open_server("--no-resume-routing", shards=2) as server:
         player, welcome = await _welcome(server)
         other, _ = await _welcome(server)
         holder, last_seq, count = welcome["shard"], 0, 0
