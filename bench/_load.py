@@ -410,9 +410,9 @@ class FrameParser:
             payload = buf[i + h : end]
             if mask:
                 key = (mask * (length // 4 + 1))[:length]
-                payload = (
-                    int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")
-                ).to_bytes(length, "big")
+                payload = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(
+                    length, "big"
+                )
             out.append((buf[i] & 0x0F, payload))
             i = end
         self.buf = buf[i:]
@@ -476,6 +476,8 @@ class Pool:
         self.request = handshake_request(a.host, a.port)
         self.reported = False
         self.zombies: list[dict[str, Any]] = []
+        # said frames per text tag (its first 6 characters): [count, first, last] wall time
+        self.said: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------ bookkeeping
     def stats(self, type_: str = "stats") -> dict[str, Any]:
@@ -489,6 +491,7 @@ class Pool:
             "pings": self.pings,
             "frames": self.frames,
             "bytes": self.bytes,
+            "said": self.said,
             "t": time.time(),
         }
         if self.a.sessions:
@@ -611,6 +614,16 @@ class Pool:
                 self._send(conn, client_frame(OP_CLOSE, payload[:2]))
                 self._lost(conn, f"close {code}")
                 return
+            elif conn.state == _OPEN and payload.startswith(b'{"type":"said"'):
+                at = payload.find(b'"text":"')
+                tag = payload[at + 8 : at + 14].decode()
+                entry = self.said.get(tag)
+                now = time.time()
+                if entry is None:
+                    self.said[tag] = [1, now, now]
+                else:
+                    entry[0] += 1
+                    entry[2] = now
             elif conn.state == _WELCOME and opcode == OP_TEXT:
                 conn.session = json.loads(payload)["session"]
                 if self.a.mute:
@@ -746,7 +759,9 @@ def run_active(a: argparse.Namespace) -> None:
     """Echo clients at a steady rate (round trips measured) plus one ``say`` client.
 
     Open loop: sends follow a fixed schedule whatever the replies do, so a server stall
-    shows up as late replies, not as fewer samples.
+    shows up as late replies, not as fewer samples. Says start ``--say-after`` seconds in.
+    After the ``result`` line the clients stay connected (answering pings and the close
+    frame) until stdin says ``close`` or closes, so their leaving is not part of the run.
     """
     ep = select.epoll()
     clients = []
@@ -767,16 +782,59 @@ def run_active(a: argparse.Namespace) -> None:
     # client i sends its k-th echo at t0 + (k + i / n_echo) * period
     next_k = [0] * n_echo
     sent: dict[tuple[int, int], float] = {}
-    rtts: list[tuple[float, float]] = []  # (send offset s, rtt ms)
+    rtts: list[tuple[float, float]] = []  # (send time since t0 in s, round trip in ms)
     say_period = 1.0 / a.say_rate if n_say else 0.0
-    say_total = int(a.say_rate * a.duration) if n_say else 0
+    say_start = t0 + min(a.say_after, a.duration)
+    say_total = int(a.say_rate * (end - say_start)) if n_say else 0
     say_k = 0
     say_sent: dict[str, float] = {}
+    say_wall: dict[str, float] = {}  # tag -> time.time() when sent
     say_rtts: list[tuple[float, float]] = []
-    said = 0
-    pongs = 0
+    counts = {"said": 0, "pongs": 0}
     text = "x" * a.say_bytes
     errors: list[str] = []
+
+    def on_frames(i: int, data: bytes, received: float) -> None:
+        c = clients[i]
+        for opcode, payload in c["parser"].feed(data):
+            if opcode == OP_PING:
+                c["sock"].send(client_frame(OP_PONG, payload))
+                counts["pongs"] += 1
+            elif opcode == OP_CLOSE:
+                with contextlib.suppress(OSError):
+                    c["sock"].send(client_frame(OP_CLOSE, payload[:2]))
+                errors.append(f"client {i}: close frame {payload[:2].hex()}")
+            elif opcode == OP_TEXT:
+                if payload.startswith(b'{"type":"echo"'):
+                    n = json.loads(payload)["data"]
+                    started = sent.pop((i, n), None)
+                    if started is not None:
+                        rtts.append((started - t0, (received - started) * 1000.0))
+                elif payload.startswith(b'{"type":"said"'):
+                    counts["said"] += 1
+                    if i == n_echo:
+                        message = json.loads(payload)
+                        if message.get("from") == c["session"]:
+                            started = say_sent.pop(message["text"][:6], None)
+                            if started is not None:
+                                say_rtts.append((started - t0, (received - started) * 1000.0))
+
+    def poll(timeout: float) -> None:
+        for fd, _ev in ep.poll(timeout):
+            i = by_fd[fd]
+            try:
+                data = clients[i]["sock"].recv(262144)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                errors.append(f"client {i}: {exc!r}")
+                data = b""
+            if not data:
+                errors.append(f"client {i}: connection closed")
+                ep.unregister(fd)
+                continue
+            on_frames(i, data, time.perf_counter())
+
     grace_end = end + a.grace
     while True:
         now = time.perf_counter()
@@ -790,17 +848,16 @@ def run_active(a: argparse.Namespace) -> None:
             due = t0 + (k + i / n_echo) * period
             if due <= now:
                 n = i * per_client + k
-                sock = clients[i]["sock"]
                 try:
-                    sock.send(text_frame({"type": "echo", "data": n}))
+                    clients[i]["sock"].send(text_frame({"type": "echo", "data": n}))
                 except OSError as exc:
                     errors.append(f"echo send: {exc!r}")
                 sent[(i, n)] = time.perf_counter()
                 next_k[i] = k + 1
                 due = t0 + (k + 1 + i / n_echo) * period
             nxt = min(nxt, due)
-        if n_say and say_k < say_total:
-            due = t0 + (say_k + 0.5) * say_period
+        if say_k < say_total:
+            due = say_start + (say_k + 0.5) * say_period
             if due <= now:
                 tag = f"{say_k:06d}"
                 try:
@@ -810,61 +867,54 @@ def run_active(a: argparse.Namespace) -> None:
                 except OSError as exc:
                     errors.append(f"say send: {exc!r}")
                 say_sent[tag] = time.perf_counter()
+                say_wall[tag] = time.time()
                 say_k += 1
-                due = t0 + (say_k + 0.5) * say_period
+                due = say_start + (say_k + 0.5) * say_period
             nxt = min(nxt, due)
-        timeout = max(0.0, nxt - time.perf_counter())
-        for fd, _ev in ep.poll(timeout):
-            i = by_fd[fd]
-            c = clients[i]
-            try:
-                data = c["sock"].recv(262144)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                errors.append(f"client {i}: {exc!r}")
-                data = b""
-            received = time.perf_counter()
-            if not data:
-                errors.append(f"client {i}: connection closed")
-                ep.unregister(fd)
-                continue
-            for opcode, payload in c["parser"].feed(data):
-                if opcode == OP_PING:
-                    c["sock"].send(client_frame(OP_PONG, payload))
-                    pongs += 1
-                elif opcode == OP_CLOSE:
-                    errors.append(f"client {i}: close frame {payload[:2].hex()}")
-                elif opcode == OP_TEXT:
-                    if payload.startswith(b'{"type":"echo"'):
-                        n = json.loads(payload)["data"]
-                        started = sent.pop((i, n), None)
-                        if started is not None:
-                            rtts.append((started - t0, (received - started) * 1000.0))
-                    elif payload.startswith(b'{"type":"said"'):
-                        said += 1
-                        if i == n_echo:
-                            message = json.loads(payload)
-                            if message.get("from") == c["session"]:
-                                started = say_sent.pop(message["text"][:6], None)
-                                if started is not None:
-                                    say_rtts.append(
-                                        (started - t0, (received - started) * 1000.0)
-                                    )
-    for c in clients:
-        c["sock"].close()
+        poll(max(0.0, nxt - time.perf_counter()))
     _emit(
         {
             "type": "result",
             "rtts": rtts,
             "lost": len(sent),
+            "t0": t0,
+            "say_after": say_start - t0,
+            "say_wall": say_wall,
             "say_rtts": say_rtts,
             "say_lost": len(say_sent),
-            "said": said,
-            "pongs": pongs,
+            "said": counts["said"],
+            "pongs": counts["pongs"],
             "errors": errors[:20],
         }
     )
+    # Linger until told to go (bounded), still answering pings and close frames.
+    stdin_fd = sys.stdin.fileno()
+    os.set_blocking(stdin_fd, False)
+    ep.register(stdin_fd, select.EPOLLIN)
+    by_fd[stdin_fd] = -1
+    stop_at = time.monotonic() + a.max_seconds
+    while time.monotonic() < stop_at:
+        events = ep.poll(0.5)
+        if any(fd == stdin_fd for fd, _ in events):
+            chunk = b""
+            with contextlib.suppress(BlockingIOError):
+                chunk = os.read(stdin_fd, 4096)
+            if not chunk or b"close" in chunk:
+                break
+        for fd, _ev in events:
+            i = by_fd[fd]
+            if i < 0:
+                continue
+            try:
+                data = clients[i]["sock"].recv(262144)
+            except OSError:
+                data = b""
+            if not data:
+                ep.unregister(fd)
+                continue
+            on_frames(i, data, time.perf_counter())
+    for c in clients:
+        c["sock"].close()
 
 
 # ---------------------------------------------------------------------- zombie mode
@@ -915,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--echo-rate", type=float, default=50.0)
     parser.add_argument("--say-rate", type=float, default=1.0)
     parser.add_argument("--say-bytes", type=int, default=64)
+    parser.add_argument("--say-after", type=float, default=0.0, help="seconds before says")
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--grace", type=float, default=5.0)
     a = parser.parse_args(argv)

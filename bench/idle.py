@@ -15,9 +15,11 @@ CPython's thresholds) a fresh supervisor is started with heartbeats on
    traffic than pings and pongs, as % of one core, and the pings the clients answered;
 4. active phase (``--duration`` s): ``--echo-clients`` clients each send
    ``{"type":"echo","data":n}`` at ``--echo-rate``/s on a fixed (open-loop) schedule and
-   time the round trip; at the same time one client sends a 64-byte ``say`` at
-   ``--say-rate``/s, which the demo app delivers to every session (the allocation churn
-   of a lobby chat: one frame per connection per say), and times its own copy (fan-out).
+   time the round trip. The first half ('quiet') has no other traffic than heartbeats;
+   in the second half ('churn', from ``--say-after``) one more client also sends a
+   64-byte ``say`` at ``--say-rate``/s, which the demo app delivers to every session
+   (the allocation churn of a lobby chat: one frame per connection per say), and times
+   its own copy (fan-out).
 
 It checks that no ``event=disconnect`` line appeared during the run (an idle client
 closed as a zombie would be ``kind=heartbeat_timeout``), then SIGTERMs the supervisor
@@ -30,6 +32,7 @@ import argparse
 import collections
 import statistics
 import sys
+import threading
 import time
 from typing import Any
 
@@ -102,9 +105,11 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
         out["hb_cpu"] = 100.0 * (cpu1 - cpu0) / (t1 - t0)
         out["pings_per_s"] = (pings1 - pings0) / (t1 - t0)
 
-        # ---- active phase
-        cpu2 = sum(cpu_seconds(p) for p in pids)
-        t2 = time.monotonic()
+        # ---- active phase (shard CPU sampled every 0.25 s: CLOCK_MONOTONIC, as the child's)
+        samples: list[tuple[float, float]] = []
+        sampling = threading.Event()
+        sampler = threading.Thread(target=_sample_cpu, args=(pids, samples, sampling), daemon=True)
+        sampler.start()
         active = Child(
             "active",
             "--port",
@@ -117,6 +122,8 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
             str(a.echo_rate),
             "--say-rate",
             str(a.say_rate),
+            "--say-after",
+            str(a.say_after),
             "--duration",
             str(a.duration),
             "--max-seconds",
@@ -124,9 +131,15 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
         )
         active.expect("connected", 30)
         result = active.expect("result", a.duration + 60)
-        out["active_cpu"] = (
-            100.0 * (sum(cpu_seconds(p) for p in pids) - cpu2) / (time.monotonic() - t2)
-        )
+        sampling.set()
+        sampler.join()
+        t0 = result["t0"]
+        out["say_after"] = result["say_after"]
+        out["cpu"] = {
+            "quiet": _cpu_between(samples, t0, t0 + result["say_after"]),
+            "churn": _cpu_between(samples, t0 + result["say_after"], t0 + a.duration),
+            "all": _cpu_between(samples, t0, t0 + a.duration),
+        }
         out["rss_end"] = sum(rss_kib(p) for p in pids)
         out["rtts"] = result["rtts"]
         out["lost"] = result["lost"]
@@ -137,6 +150,14 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
         # ---- nothing may have been closed during the run
         stats = [_stats(w) for w in workers]
         out["open_end"] = sum(s["open"] for s in stats)
+        # Fan-out of each say: until the last idle session had its copy.
+        fanout = []
+        for tag, sent in result["say_wall"].items():
+            entries = [s["said"][tag] for s in stats if tag in s["said"]]
+            delivered = sum(int(e[0]) for e in entries)
+            last = max((e[2] for e in entries), default=float("nan"))
+            fanout.append((delivered, (last - sent) * 1000.0))
+        out["fanout"] = fanout
         out["client_closed"] = dict(
             sum((collections.Counter(s["closed"]) for s in stats), collections.Counter())
         )
@@ -151,12 +172,30 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
             if f.get("event") not in ("shard_spawn", "shard_ready", "ready", "disconnect")
         )
     finally:
-        if active is not None:
-            active.kill()
+        # The server first: a drain (1012, not announced) instead of 10k user_left fan-outs.
         server.stop(timeout=20)
+        if active is not None:
+            active.stop()
         for w in workers:
             w.stop()
     return out
+
+
+def _sample_cpu(pids: list[int], out: list[tuple[float, float]], stop: threading.Event) -> None:
+    while True:
+        out.append((time.perf_counter(), sum(cpu_seconds(p) for p in pids)))
+        if stop.wait(0.25):
+            out.append((time.perf_counter(), sum(cpu_seconds(p) for p in pids)))
+            return
+
+
+def _cpu_between(samples: list[tuple[float, float]], start: float, end: float) -> float:
+    """Shard CPU in % of one core between two CLOCK_MONOTONIC times (nearest samples)."""
+    inside = [s for s in samples if start - 0.125 <= s[0] <= end + 0.125]
+    if len(inside) < 2:
+        return float("nan")
+    (ta, ca), (tb, cb) = inside[0], inside[-1]
+    return 100.0 * (cb - ca) / (tb - ta)
 
 
 def _stats(worker: Child) -> dict[str, Any]:
@@ -191,34 +230,67 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
         )
     print()
     print(
-        f"Echo round trip, ms ({a.echo_clients} clients x {a.echo_rate:g}/s for "
-        f"{a.duration:g} s, with a say to all {a.connections:,} sessions {a.say_rate:g}/s)"
+        f"Echo round trip, ms: {a.echo_clients} clients x {a.echo_rate:g}/s for {a.duration:g} s;"
+        f" 'quiet' = heartbeats only (first {a.say_after:g} s), 'churn' = plus a say to all"
+        f" {a.connections:,} sessions every {1 / a.say_rate if a.say_rate else 0:g} s"
     )
     header = (
-        f"{'variant':<8} {'samples':>7} {'lost':>4} {'p50':>7} {'p99':>7} {'p99.9':>7}"
-        f" {'max':>7} {'shard CPU %':>11} {'fan-out p50':>11} {'fan-out max':>11}"
+        f"{'variant':<8} {'phase':<6} {'samples':>7} {'lost':>4} {'p50':>7} {'p99':>7}"
+        f" {'p99.9':>7} {'max':>8} {'shard CPU %':>11}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
-        rtt = sorted(x[1] for x in r["rtts"])
-        fan = sorted(x[1] for x in r["say_rtts"])
-        r["p999"] = percentile(rtt, 99.9)
-        r["max"] = rtt[-1] if rtt else float("nan")
-        print(
-            f"{r['variant']:<8} {len(rtt):>7,} {r['lost']:>4} {_ms(percentile(rtt, 50)):>7}"
-            f" {_ms(percentile(rtt, 99)):>7} {_ms(r['p999']):>7} {_ms(r['max']):>7}"
-            f" {r['active_cpu']:>11.0f}"
-            f" {_ms(statistics.median(fan)) if fan else '-':>11}"
-            f" {_ms(fan[-1]) if fan else '-':>11}"
-        )
-    by_name = {r["variant"]: r for r in results}
-    if "tuned" in by_name and "default" in by_name:
-        t, d = by_name["tuned"], by_name["default"]
+        r["phases"] = {}
+        phases = [
+            ("quiet", [x[1] for x in r["rtts"] if x[0] < r["say_after"]]),
+            ("churn", [x[1] for x in r["rtts"] if x[0] >= r["say_after"]]),
+            ("all", [x[1] for x in r["rtts"]]),
+        ]
+        for phase, values in phases:
+            if not values:
+                continue
+            rtt = sorted(values)
+            r["phases"][phase] = (percentile(rtt, 99.9), rtt[-1])
+            lost = str(r["lost"]) if phase == "all" else ""
+            print(
+                f"{r['variant']:<8} {phase:<6} {len(rtt):>7,} {lost:>4}"
+                f" {_ms(percentile(rtt, 50)):>7} {_ms(percentile(rtt, 99)):>7}"
+                f" {_ms(percentile(rtt, 99.9)):>7} {_ms(rtt[-1]):>8} {r['cpu'][phase]:>11.0f}"
+            )
+    if any(r["say_rtts"] for r in results):
         print()
         print(
-            f"default/tuned: p99.9 {d['p999'] / t['p999']:.2f}x, max {d['max'] / t['max']:.2f}x"
+            "Say fan-out, ms: from the say to the sender's own copy, and to the last of the"
+            " idle sessions' copies"
         )
+        header = (
+            f"{'variant':<8} {'says':>4} {'copies/say':>10} {'own p50':>8} {'own max':>8}"
+            f" {'all p50':>8} {'all max':>8}"
+        )
+        print(header)
+        print("-" * len(header))
+        for r in results:
+            own = sorted(x[1] for x in r["say_rtts"])
+            whole = sorted(x[1] for x in r["fanout"])
+            copies = min((x[0] for x in r["fanout"]), default=0)
+            print(
+                f"{r['variant']:<8} {len(r['fanout']):>4} {copies:>10,}"
+                f" {_ms(statistics.median(own)) if own else '-':>8}"
+                f" {_ms(own[-1]) if own else '-':>8}"
+                f" {_ms(statistics.median(whole)) if whole else '-':>8}"
+                f" {_ms(whole[-1]) if whole else '-':>8}"
+            )
+    by_name = {r["variant"]: r for r in results}
+    if "tuned" in by_name and "default" in by_name:
+        t, d = by_name["tuned"]["phases"], by_name["default"]["phases"]
+        print()
+        for phase in ("quiet", "churn", "all"):
+            if phase in t and phase in d:
+                print(
+                    f"default/tuned, {phase:<5}: p99.9 {d[phase][0] / t[phase][0]:.2f}x,"
+                    f" max {d[phase][1] / t[phase][1]:.2f}x"
+                )
     print()
     for r in results:
         worst = sorted(r["rtts"], key=lambda x: -x[1])[:5]
@@ -253,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-window", type=float, default=10.0)
     parser.add_argument("--echo-clients", type=int, default=4)
     parser.add_argument("--echo-rate", type=float, default=50.0, help="per echo client, 1/s")
-    parser.add_argument("--say-rate", type=float, default=1.0, help="says per second (0: none)")
+    parser.add_argument(
+        "--say-rate", type=float, default=0.2, help="says per second in the churn half (0: none)"
+    )
+    parser.add_argument(
+        "--say-after", type=float, default=None, help="start of the churn (default: half-way)"
+    )
     a = parser.parse_args(argv)
     if not 1 <= a.connections <= 40_000:
         parser.error("--connections must be in 1..40000")
@@ -263,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration must be in (0, 600] and --idle-window in (0, 120]")
     if not 1 <= a.echo_clients <= 64 or not 0 < a.echo_rate <= 1000 or a.say_rate < 0:
         parser.error("bad --echo-clients/--echo-rate/--say-rate")
+    if a.say_after is None:
+        a.say_after = a.duration / 2 if a.say_rate > 0 else a.duration
+    a.say_after = min(max(0.0, a.say_after), a.duration)
     variants = ["tuned", "default"] if a.gc == "both" else [a.gc]
 
     started = time.monotonic()

@@ -58,6 +58,7 @@ class Connection:
         self.session: Session | None = None  # None once replaced by a newer connection
         self.session_id: str | None = None  # for the log, kept after a replacement
         self.replaced = False
+        self.peer = "-"
         self.close_timeout = close_timeout
         self._out_send, self._out_recv = trio.open_memory_channel[object](max_outbound_queue)
         self.writer_done = trio.Event()

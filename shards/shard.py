@@ -265,14 +265,19 @@ class Shard:
             await self._serve(raw)  # the supervisor is gone: serve rather than drop
             return
         self.stats["routed_out"] = self.stats.get("routed_out", 0) + 1
-        log("routed", shard=self.shard_index, room=note.room, session=note.session)
+        log("routed", shard=self.shard_index, room=note.room, session=note.session, peer=_peer(raw))
         raw.socket.close()  # the supervisor holds the connection now
 
     async def _reject(self, raw: trio.SocketStream, status: int, reason: str) -> None:
         log("request_rejected", shard=self.shard_index, status=status, reason=reason)
-        with trio.move_on_after(self.server.close_timeout):
+        # Lingering close: unread request bytes at close() would make the kernel send a
+        # RST, which can destroy the error response before the client reads it.
+        with trio.move_on_after(min(self.server.close_timeout, 2.0)):
             try:
                 await raw.send_all(http_error(status, reason))
+                await raw.send_eof()
+                while await raw.receive_some(65536):
+                    pass
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         raw.socket.close()
@@ -352,6 +357,7 @@ class Shard:
                 close_timeout=self.server.close_timeout,
                 accepted_at=now,
             )
+            conn.peer = _peer(raw)
             self.connections[slot] = conn
             nursery.start_soon(conn.run_writer)
             try:
@@ -362,6 +368,9 @@ class Shard:
                 await conn.wait_closed()
             finally:
                 nursery.cancel_scope.cancel()
+                # Cancelling may catch trio-websocket's reader between "closed" and closing
+                # its stream (a client-initiated close): close the socket ourselves, always.
+                stream.abort()
                 self._finish(conn)
 
     async def _raw_echo(self, conn: Connection) -> None:
@@ -444,6 +453,7 @@ class Shard:
             duration_s=duration(conn.accepted_at),
             silent_s=conn.silent_s,
             reconnect=disconnect.reconnect,
+            peer=conn.peer,
         )
         if self.host is not None:
             self.host.detach(conn, disconnect)
@@ -544,6 +554,14 @@ def resume_query(path: str) -> tuple[str | None, int]:
 def room_of(path: str) -> str | None:
     route = urllib.parse.urlsplit(path).path
     return route[len("/rooms/") :] if route.startswith("/rooms/") else None
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "-"
+    return f"{host}:{port}"
 
 
 def _errno_name(exc: OSError) -> str:
