@@ -19,11 +19,15 @@ CPython's thresholds) a fresh supervisor is started with heartbeats on
    in the second half ('churn', from ``--say-after``) one more client also sends a
    64-byte ``say`` at ``--say-rate``/s, which the demo app delivers to every session
    (the allocation churn of a lobby chat: one frame per connection per say), and times
-   its own copy (fan-out).
+   the fan-out: its own copy, and the last idle session's copy (wall clock).
 
 It checks that no ``event=disconnect`` line appeared during the run (an idle client
 closed as a zombie would be ``kind=heartbeat_timeout``), then SIGTERMs the supervisor
-(clients answer the 1012 close) and kills every pid it started.
+(clients answer the 1012 close) and kills every pid it started. It also prints how much
+CPU other processes used meanwhile (the machine may be shared).
+
+``--no-heartbeat`` is the control run: ``--heartbeat long`` pings after 300 s of silence,
+so no ping happens in the run. ``BENCH_SERVER_ROOT=DIR`` runs the server from another tree.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 from bench._load import (
     SERVER_ROOT,
     Child,
+    Interference,
     Server,
     cpu_seconds,
     machine_info,
@@ -47,16 +52,19 @@ from bench._load import (
 )
 
 HEARTBEAT = ("--heartbeat-interval", "5", "--heartbeat-timeout", "15")
+# Control run (--no-heartbeat): the long preset pings after 300 s, i.e. never in a run.
+NO_HEARTBEAT = ("--heartbeat", "long")
 
 
 def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
-    args = [*HEARTBEAT, "--drain-timeout", "5"]
+    args = [*(NO_HEARTBEAT if a.no_heartbeat else HEARTBEAT), "--drain-timeout", "5"]
     if name == "default":
         args.append("--no-gc-tuning")
     server = Server(*args, shards=a.shards)
     workers: list[Child] = []
     active: Child | None = None
     out: dict[str, Any] = {"variant": name}
+    cpu = Interference()
     try:
         server.start()
         pids = list(server.shard_pids().values())
@@ -178,6 +186,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
             active.stop()
         for w in workers:
             w.stop()
+        out["others"] = cpu.others()
     return out
 
 
@@ -301,7 +310,8 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
         print(
             f"{r['variant']}: disconnect lines during the run: {kinds or 'none'}"
             f" (heartbeat_timeout: {kinds.get('heartbeat_timeout', 0)});"
-            f" clients still open: {r['open_end']:,}/{r['held']:,}"
+            f" clients still open: {r['open_end']:,}/{r['held']:,};"
+            f" other processes' CPU meanwhile: {r.get('others', float('nan')):.0f}% of a core"
             f"{'; failed to connect: ' + str(r['failed']) if r['failed'] else ''}"
             f"{'; client errors: ' + str(r['errors']) if r['errors'] else ''}"
         )
@@ -331,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--say-after", type=float, default=None, help="start of the churn (default: half-way)"
     )
+    parser.add_argument(
+        "--no-heartbeat",
+        action="store_true",
+        help="control run: --heartbeat long (no ping within the run) instead of 5 s/15 s",
+    )
     a = parser.parse_args(argv)
     if not 1 <= a.connections <= 40_000:
         parser.error("--connections must be in 1..40000")
@@ -346,12 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     variants = ["tuned", "default"] if a.gc == "both" else [a.gc]
 
     started = time.monotonic()
+    cpu = Interference()
     print("GC stalls with idle connections (python -m bench.idle)")
     for line in machine_info():
         print(line)
     print(
         f"settings: {a.connections:,} idle connections from {a.workers} client processes, "
-        f"--shards {a.shards}, heartbeat 5 s/15 s, idle window {a.idle_window:g} s; "
+        f"--shards {a.shards}, heartbeat {'off (long preset)' if a.no_heartbeat else '5 s/15 s'},"
+        f" idle window {a.idle_window:g} s; "
         f"server from {SERVER_ROOT}"
     )
     print(
@@ -364,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"... {name}", flush=True)
         results.append(run_variant(name, index, a))
     report(results, a)
-    print(f"\ntotal {time.monotonic() - started:.0f} s")
+    print(f"\n{cpu.done()}")
+    print(f"total {time.monotonic() - started:.0f} s")
     return 0
 
 

@@ -35,7 +35,7 @@ import statistics
 import time
 from typing import Any
 
-from bench._load import SERVER_ROOT, Child, Server, machine_info
+from bench._load import SERVER_ROOT, Child, Interference, Server, machine_info
 
 PRESETS: dict[str, tuple[list[str], float, float]] = {
     "sub": (["--heartbeat-interval", "0.5", "--heartbeat-timeout", "1"], 0.5, 1.0),
@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--zombies must be in 1..200, --live in 0..1000, --shards in 1..16")
 
     started = time.monotonic()
+    cpu = Interference()
     print("Zombie detection time (python -m bench.zombie)")
     for line in machine_info():
         print(line)
@@ -270,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"... {name}", flush=True)
         results.append(run_preset(name, index, a))
     report(results)
-    print(f"\ntotal {time.monotonic() - started:.0f} s")
+    print(f"\n{cpu.done()}")
+    print(f"total {time.monotonic() - started:.0f} s")
     return 0
 
 

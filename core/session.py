@@ -10,7 +10,11 @@ do; illegal transitions raise ``SessionStateError``.
 * Inbound: ``last_cseq`` is the high-water mark of client messages processed; a message
   at or below it is a duplicate of a re-send and is skipped.
 * Tokens: ``epoch`` counts welcomes; a resume must present the current epoch's token,
-  then the epoch advances, so a token works once.
+  then the epoch advances, so a token works once. One exception keeps a player whose
+  ``welcome`` was lost in transit (the link died right after the server sent it): until
+  the client *confirms* the new token - any data frame on the connection that got it - the
+  previous token still resumes. A leaked old token is therefore useless as soon as the
+  player has said anything on the new connection.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class SessionSnapshot(msgspec.Struct, kw_only=True):
     away_reason: str | None
     buffer: list[ReplayEntry]
     room: str | None = None
+    token_confirmed: bool = True
 
 
 class Session:
@@ -88,6 +93,7 @@ class Session:
         "away_since",
         "away_reason",
         "room",
+        "token_confirmed",
         "_buffer",
     )
 
@@ -110,6 +116,7 @@ class Session:
         self.away_since: float | None = None
         self.away_reason: str | None = None
         self.room = room  # the room this session plays in (None = lobby)
+        self.token_confirmed = True  # the client has shown it holds the current token
         self._buffer: deque[tuple[int, Any]] = deque(maxlen=buffer_size)
 
     # ----------------------------------------------------------------- stream
@@ -135,9 +142,19 @@ class Session:
 
     # ----------------------------------------------------------------- lifecycle
     def next_token_epoch(self) -> int:
-        """Advance the token epoch for a new ``welcome``; older tokens stop working."""
+        """Advance the token epoch for a new ``welcome``; older tokens stop working once
+        the client confirms the new one (``confirm_token``)."""
         self.epoch += 1
+        self.token_confirmed = False
         return self.epoch
+
+    def confirm_token(self) -> None:
+        """The client spoke on the connection that got the current token: it has it."""
+        self.token_confirmed = True
+
+    def accepts_epoch(self, epoch: int) -> bool:
+        """The current token, or the previous one while the current is unconfirmed."""
+        return epoch == self.epoch or (epoch == self.epoch - 1 and not self.token_confirmed)
 
     def away(self, reason: str, now: float) -> float:
         """The connection died without a goodbye; returns the grace deadline."""
@@ -168,7 +185,7 @@ class Session:
             raise SessionStateError(f"session {self.id} is {self.state}")
         if self.expired(now):
             raise SessionStateError(f"session {self.id} grace ran out")
-        if epoch != self.epoch:
+        if not self.accepts_epoch(epoch):
             raise ValueError("token already used")
         if last_seq < 0 or last_seq > self.last_seq:
             raise ValueError(f"last_seq {last_seq} is beyond the session's {self.last_seq}")
@@ -207,6 +224,7 @@ class Session:
             away_reason=self.away_reason,
             buffer=[ReplayEntry(seq, msg) for seq, msg in self._buffer],
             room=self.room,
+            token_confirmed=self.token_confirmed,
         )
 
     @classmethod
@@ -218,5 +236,6 @@ class Session:
         s.last_cseq = snap.last_cseq
         s.away_since = snap.away_since
         s.away_reason = snap.away_reason
+        s.token_confirmed = snap.token_confirmed
         s._buffer.extend((e.seq, e.message) for e in snap.buffer)
         return s

@@ -322,7 +322,7 @@ class SessionHost:
             return Handoff(
                 request=request.request, session=request.session, snapshot=None, error="expired"
             )
-        if request.epoch != session.epoch:
+        if not session.accepts_epoch(request.epoch):
             return Handoff(
                 request=request.request, session=request.session, snapshot=None, error="invalid"
             )

@@ -412,6 +412,8 @@ class Shard:
                 return
             if conn.session is not session:
                 return  # replaced by a newer connection while this one was reading
+            if not session.token_confirmed:
+                session.confirm_token()  # it read its welcome: older tokens are dead now
             if isinstance(message, Heartbeat):
                 conn.send(
                     conn.codec.encode(HeartbeatAck(ts=message.ts, last_cseq=session.last_cseq))

@@ -181,11 +181,28 @@ def test_after_next_token_epoch_the_old_token_fails() -> None:
     session.away("abnormal", T0)
     session.resume(1, 3, T0 + 1)
     assert session.next_token_epoch() == 2  # welcome of the resume
+    session.confirm_token()  # the client spoke on that connection: it has token 2
     session.away("abnormal", T0 + 2)
     with pytest.raises(ValueError):
         session.resume(1, 3, T0 + 3)  # the token already used
     assert session.state is SessionState.AWAY
     assert session.resume(2, 3, T0 + 3).replay == []
+
+
+def test_a_lost_welcome_lets_the_previous_token_resume_until_the_new_one_is_confirmed() -> None:
+    session = filled(3)
+    session.next_token_epoch()  # 1: first welcome, delivered
+    session.confirm_token()
+    session.away("abnormal", T0)
+    session.resume(1, 3, T0 + 1)
+    session.next_token_epoch()  # 2: this welcome is lost with the link
+    session.away("abnormal", T0 + 2)
+    assert session.accepts_epoch(1) and session.accepts_epoch(2)
+    assert not session.accepts_epoch(0)  # two back: never
+    session.resume(1, 3, T0 + 3)  # the client only has token 1
+    session.next_token_epoch()  # 3
+    session.confirm_token()
+    assert not session.accepts_epoch(2) and session.accepts_epoch(3)
 
 
 def test_epoch_counts_welcomes() -> None:
@@ -499,6 +516,7 @@ def test_replay_matches_a_model(buffer_size: int, data: st.DataObject) -> None:
             assert session.state is SessionState.CONNECTED
             old = session.epoch
             session.next_token_epoch()
+            session.confirm_token()  # the client spoke on the new connection
             with pytest.raises(ValueError):
                 session.resume(old, last_seq, now)
         assert session.last_seq == len(model)

@@ -154,8 +154,11 @@ async def test_used_and_forged_tokens_give_a_new_session_with_resume_error() -> 
         player, welcome = await _welcome(server)
         player.vanish()
         await _gone(server, welcome["session"])
-        _, resumed = await _welcome(server, resume_path(welcome, 0))
+        back, resumed = await _welcome(server, resume_path(welcome, 0))
         assert resumed["resumed"] is True
+        # The client speaks on the new connection: it has the new token, the old one dies.
+        await back.send({"type": "echo", "data": 1})
+        await back.receive_until("echo")
         _, reused = await _welcome(server, resume_path(welcome, 0))
         assert reused["resumed"] is False and reused["resume_error"] == "invalid"
         assert reused["session"] != welcome["session"]
@@ -174,21 +177,47 @@ async def test_two_connections_racing_to_resume_one_session_exactly_one_wins() -
             player, welcome = await _welcome(server)
             player.vanish()
             await _gone(server, welcome["session"])
-            results: list[dict[str, Any]] = []
+            results: list[tuple[RawClient, dict[str, Any]]] = []
 
             async def resume(
-                welcome: dict[str, Any] = welcome, results: list[dict[str, Any]] = results
+                welcome: dict[str, Any] = welcome,
+                results: list[tuple[RawClient, dict[str, Any]]] = results,
             ) -> None:
-                _, w = await _welcome(server, resume_path(welcome, 0))
-                results.append(w)
+                results.append(await _welcome(server, resume_path(welcome, 0)))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(resume)
                 nursery.start_soon(resume)
-            assert sorted(w["resumed"] for w in results) == [False, True]
-            loser = next(w for w in results if not w["resumed"])
-            assert loser["resume_error"] == "invalid"
-            assert loser["session"] != welcome["session"]
+            # Exactly one connection ends up holding the session: the other one was
+            # refused (new session, "invalid"), or - if it resumed first and had not yet
+            # confirmed its token - it was replaced with 4000.
+            holders = []
+            for client, w in results:
+                if not w["resumed"]:
+                    assert w["resume_error"] == "invalid"
+                    assert w["session"] != welcome["session"]
+                    continue
+                await client.send({"type": "echo", "data": "who"})
+                try:
+                    await client.receive_until("echo", timeout=5)
+                    holders.append(client)
+                except Closed as closed:
+                    assert closed.code == 4000
+            assert len(holders) == 1
+
+
+async def test_a_welcome_lost_in_transit_does_not_lose_the_session() -> None:
+    async with open_server(shards=2) as server:
+        player, welcome = await _welcome(server)
+        player.vanish()
+        await _gone(server, welcome["session"])
+        # The resume succeeds, but the link dies before the client reads the new token...
+        back = await RawClient.connect(server.port, resume_path(welcome, 0))
+        back.vanish()
+        await server.log.wait_for("resume", session=welcome["session"])
+        # ...so it comes back with the token it has: the previous one still works.
+        _, again = await _welcome(server, resume_path(welcome, 0))
+        assert again["resumed"] is True and again["session"] == welcome["session"]
 
 
 async def test_resume_while_the_old_connection_looks_alive_closes_it_with_4000() -> None:
