@@ -238,10 +238,15 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
             f" {r['pings_per_s']:>8,.0f}"
         )
     print()
+    quiet = "no other traffic" if a.no_heartbeat else "heartbeats only"
+    churn = (
+        f", 'churn' = plus a say to all {a.connections:,} sessions every {1 / a.say_rate:g} s"
+        if a.say_rate and a.say_after < a.duration
+        else ""
+    )
     print(
         f"Echo round trip, ms: {a.echo_clients} clients x {a.echo_rate:g}/s for {a.duration:g} s;"
-        f" 'quiet' = heartbeats only (first {a.say_after:g} s), 'churn' = plus a say to all"
-        f" {a.connections:,} sessions every {1 / a.say_rate if a.say_rate else 0:g} s"
+        f" 'quiet' = {quiet} (first {a.say_after:g} s){churn}"
     )
     header = (
         f"{'variant':<8} {'phase':<6} {'samples':>7} {'lost':>4} {'p50':>7} {'p99':>7}"
@@ -257,7 +262,7 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
             ("all", [x[1] for x in r["rtts"]]),
         ]
         for phase, values in phases:
-            if not values:
+            if not values or (phase == "all" and len(values) == len(phases[0][1])):
                 continue
             rtt = sorted(values)
             r["phases"][phase] = (percentile(rtt, 99.9), rtt[-1])

@@ -17,8 +17,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     heartbeat_timeout: float = 60.0
     # Seconds a draining shard waits for clients to leave before closing them hard.
     drain_timeout: float = 30.0
-    # reconnect_after_ms told to clients on shutdown; spread over this window.
+    # reconnect_after_ms told to clients on shutdown: at least this...
     reconnect_after_ms: int = 1000
+    # ...plus each client's share of this window on a rolling restart (no thundering herd).
+    reconnect_window_ms: int = 2000
     # Largest message a client may send (bytes); above it the connection is closed 1009.
     # Each connection may buffer up to message_queue x this before the app reads it.
     max_message_size: int = 64 * 1024

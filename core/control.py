@@ -85,11 +85,45 @@ class Handoff(_Control, tag="handoff", kw_only=True):
 
 
 class Drain(_Control, tag="drain", kw_only=True):
-    """Supervisor -> shard: stop accepting, tell clients, close 1012, exit."""
+    """Supervisor -> shard: stop accepting, tell clients, close 1012, exit.
+
+    With ``evacuate`` (a rolling restart) the shard first hands every room and session to
+    its siblings (``Evacuate``), so clients resume elsewhere with nothing lost. Clients are
+    told to come back after ``reconnect_after_ms`` plus a share of ``window_ms`` each.
+    """
 
     reason: str
     reconnect_after_ms: int
     timeout: float
+    evacuate: bool = False
+    window_ms: int = 0
+
+
+class Evacuate(_Control, tag="evacuate", kw_only=True):
+    """Draining shard -> supervisor: a room (with the app's exported state) or a batch of
+    lobby sessions, to be adopted by a sibling."""
+
+    shard: int
+    room: str | None
+    app_state: bytes | None
+    sessions: list[SessionSnapshot]
+    applied_bseq: int
+
+
+class Adopt(_Control, tag="adopt", kw_only=True):
+    """Supervisor -> sibling: take over these sessions (and room) from a draining shard."""
+
+    room: str | None
+    app_state: bytes | None
+    sessions: list[SessionSnapshot]
+    applied_bseq: int
+
+
+class SessionResumed(_Control, tag="session_resumed", kw_only=True):
+    """Shard -> supervisor: a client resumed ``session`` here (rolls wait for these)."""
+
+    shard: int
+    session: str
 
 
 class Drained(_Control, tag="drained", kw_only=True):
@@ -137,6 +171,9 @@ ControlMessage = (
     | Handoff
     | Load
     | RoomReleased
+    | Evacuate
+    | Adopt
+    | SessionResumed
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import msgspec
+
 from core.protocol import (
     ClientMessage,
     Echo,
@@ -169,6 +171,25 @@ class DemoApp:
 
     def on_handoff(self, session: Session) -> None:
         self._forget(session)
+
+    # ------------------------------------------------------------------ rolling restarts
+    def export_room(self, room_id: str) -> bytes | None:
+        """The room's game, serialised for the sibling that adopts it; forgotten here."""
+        room = self.rooms.pop(room_id, None)
+        if room is None:
+            return None
+        if room.timer is not None:
+            room.timer.cancel()
+        return msgspec.msgpack.encode(room.game.state)
+
+    def import_room(self, room_id: str, data: bytes, sessions: list[Session]) -> None:
+        """Continue a room's game from ``export_room`` (turn deadlines are monotonic time,
+        shared by every process of the machine, so the clock keeps running)."""
+        state = msgspec.msgpack.decode(data, type=GameState)
+        room = self.rooms[room_id] = Room(room_id, self.turn_seconds)
+        room.game = Race21(state, self.turn_seconds)
+        room.members = {session.id: session for session in sessions}
+        self._schedule(room)
 
     # ------------------------------------------------------------------ the game
     def _forget(self, session: Session) -> None:

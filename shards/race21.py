@@ -64,10 +64,12 @@ class Race21:
         return len(self.state.seats) - 1
 
     def set_away(self, session: str, away: bool) -> bool:
+        """Mark a seat away/back; True only if that changed something."""
         for seat in self.state.seats:
             if seat.session == session:
+                changed = seat.away != away
                 seat.away = away
-                return True
+                return changed
         return False
 
     def unseat(self, session: str, now: float) -> None:

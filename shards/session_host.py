@@ -23,17 +23,26 @@ import trio
 
 from core.close_codes import CloseCode, Disconnect, DisconnectKind
 from core.control import (
+    Adopt,
     Broadcast,
     Claim,
     ControlMessage,
+    Evacuate,
     Fetch,
     Handoff,
     Release,
     RoomReleased,
+    SessionResumed,
     Surrender,
 )
 from core.protocol import HeartbeatInfo, Said, StreamMessage, UserLeft, Welcome
-from core.session import ResumePlan, Session, SessionState, SessionStateError
+from core.session import (
+    ResumePlan,
+    Session,
+    SessionSnapshot,
+    SessionState,
+    SessionStateError,
+)
 from core.tokens import TokenError, TokenSigner
 from shards.log import log
 
@@ -42,6 +51,7 @@ if TYPE_CHECKING:
     from shards.app import App
     from shards.connection import Connection
 
+EVACUATE_BATCH = 200  # lobby sessions per Evacuate frame (keeps control frames small)
 BROADCAST_LOG = 4096  # broadcasts remembered to bring a session arriving by hand-off up to date
 
 
@@ -199,6 +209,7 @@ class SessionHost:
         if plan is None:
             self.app.on_connect(session)
         else:
+            self._send_control(SessionResumed(shard=self.shard_index, session=session.id))
             self.app.on_back(session, plan.gap)
 
     # ================================================================== connection ended
@@ -357,24 +368,7 @@ class SessionHost:
                 pending.error = handoff.error or "expired"
                 pending.done.set()
             return
-        session = Session.restore(handoff.snapshot)
-        now = time.monotonic()
-        if session.state is SessionState.CONNECTED:
-            session.away("moved", now)
-        deadline = session.grace_deadline
-        assert deadline is not None
-        self._hold(session)
-        self._schedule_expiry(deadline, session.id)
-        applied = handoff.applied_bseq
-        if applied < self.bseq:
-            # Broadcasts this shard applied that the old holder had not: catch up from the log.
-            missing = [(b, m) for b, m in self._blog if b > applied]
-            if not missing or missing[0][0] != applied + 1:
-                self._gap.add(session.id)
-            for _, message in missing:
-                session.record(message)
-        elif applied > self.bseq:
-            self._skip_until[session.id] = applied
+        session = self._arrive(handoff.snapshot, handoff.applied_bseq)
         log(
             "handoff_in",
             shard=self.shard_index,
@@ -387,6 +381,84 @@ class SessionHost:
             return
         pending.session = session
         pending.done.set()
+
+    def _arrive(self, snapshot: SessionSnapshot, applied_bseq: int) -> Session:
+        """Hold a session that comes from another shard, caught up with the broadcasts this
+        shard applied that its old holder had not (or told to skip those it already has)."""
+        session = Session.restore(snapshot)
+        now = time.monotonic()
+        if session.state is SessionState.CONNECTED:
+            session.away("moved", now)  # no on_away: its client is already on its way here
+        deadline = session.grace_deadline
+        assert deadline is not None
+        self._hold(session)
+        self._schedule_expiry(deadline, session.id)
+        if applied_bseq < self.bseq:
+            missing = [(b, m) for b, m in self._blog if b > applied_bseq]
+            if not missing or missing[0][0] != applied_bseq + 1:
+                self._gap.add(session.id)
+            for _, message in missing:
+                session.record(message)
+        elif applied_bseq > self.bseq:
+            self._skip_until[session.id] = applied_bseq
+        return session
+
+    # ================================================================== rolling restart
+    def evacuate(self) -> list[Evacuate]:
+        """Give up every room and session for a sibling to adopt (a rolling restart).
+
+        The connections stay open only to be told to reconnect: they are detached first,
+        so nothing they send is processed here any more (the client re-sends it to the new
+        holder, which has not seen its cseq)."""
+        for conn in self.attached.values():
+            conn.session = None
+        self.attached.clear()
+        out: list[Evacuate] = []
+        rooms: dict[str | None, list[Session]] = {}
+        for session in self.sessions.values():
+            rooms.setdefault(session.room, []).append(session)
+        export = getattr(self.app, "export_room", None)
+        for room, sessions in rooms.items():
+            state = export(room) if room is not None and export is not None else None
+            for start in range(0, len(sessions), EVACUATE_BATCH):
+                batch = sessions[start : start + EVACUATE_BATCH]
+                out.append(
+                    Evacuate(
+                        shard=self.shard_index,
+                        room=room,
+                        app_state=state if start == 0 else None,
+                        sessions=[s.snapshot() for s in batch],
+                        applied_bseq=self.bseq,
+                    )
+                )
+        log(
+            "evacuate",
+            shard=self.shard_index,
+            sessions=len(self.sessions),
+            rooms=len([r for r in rooms if r is not None]),
+            messages=len(out),
+        )
+        self.sessions.clear()
+        self.rooms.clear()
+        self._skip_until.clear()
+        return out
+
+    def adopt(self, adopt: Adopt) -> None:
+        """Sessions (and a room's app state) evacuated by a draining sibling."""
+        arrived = [self._arrive(snap, adopt.applied_bseq) for snap in adopt.sessions]
+        if adopt.room is not None and adopt.app_state is not None:
+            importer = getattr(self.app, "import_room", None)
+            if importer is not None:
+                try:
+                    importer(adopt.room, adopt.app_state, arrived)
+                except Exception as exc:  # noqa: BLE001 - a bad import must not kill the shard
+                    log(
+                        "app_error",
+                        shard=self.shard_index,
+                        callback="import_room",
+                        error=repr(exc)[:200],
+                    )
+        log("adopted", shard=self.shard_index, room=adopt.room, sessions=len(arrived))
 
     def _send_control(self, message: ControlMessage) -> None:
         if self._control is not None:

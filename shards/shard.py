@@ -23,6 +23,7 @@ from trio_websocket import ConnectionClosed, wrap_server_stream
 from core.close_codes import CloseCode, How
 from core.config import ShardConfig
 from core.control import (
+    Adopt,
     Broadcast,
     ControlFrameError,
     ControlMessage,
@@ -186,23 +187,44 @@ class Shard:
                 )
 
     # ================================================================== drain
-    async def drain(self, reason: str, reconnect_after_ms: int, timeout: float) -> None:
-        """Stop accepting, tell every client when to come back, close 1012, then finish."""
+    async def drain(
+        self,
+        reason: str,
+        reconnect_after_ms: int,
+        timeout: float,
+        evacuate: bool = False,
+        window_ms: int | None = None,
+    ) -> None:
+        """Stop accepting; with ``evacuate`` hand every room and session to siblings; tell
+        every client when to come back (spread over ``window_ms``); close 1012; finish."""
         if self._draining:
             return
         self._draining = True
         started = trio.current_time()
         self._accept_scope.cancel()
+        if evacuate and self.host is not None:
+            for message in self.host.evacuate():
+                self._control(message)
         conns = list(self.connections.values())
-        log("drain_start", shard=self.shard_index, connections=len(conns), reason=reason)
-        # Spread the reconnects over one more reconnect_after_ms window: no thundering herd.
-        for i, conn in enumerate(conns):
-            delay = reconnect_after_ms + (reconnect_after_ms * i) // max(1, len(conns))
-            if self.app is not None and conn.session is not None:
-                conn.send(
-                    conn.codec.encode(ServerShutdown(reason=reason, reconnect_after_ms=delay))
-                )
-            conn.close(CloseCode.SERVICE_RESTART, reason[:60])
+        log(
+            "drain_start",
+            shard=self.shard_index,
+            connections=len(conns),
+            reason=reason,
+            evacuate=evacuate,
+        )
+        if evacuate and window_ms:
+            # A rolling restart: close the clients one by one across the window, each told
+            # to come straight back, so only a sliver of this shard's players is ever
+            # reconnecting (their sessions already live on a sibling, which buffers their
+            # traffic for the replay).
+            await self._close_staggered(conns, reason, reconnect_after_ms, window_ms / 1000)
+        else:
+            window = reconnect_after_ms if window_ms is None else window_ms
+            # Spread the reconnects over the window: no thundering herd on the siblings.
+            for i, conn in enumerate(conns):
+                delay = reconnect_after_ms + (window * i) // max(1, len(conns))
+                self._tell_to_leave(conn, reason, delay)
         closed_all = True
         if self.connections:
             self._all_closed = trio.Event()
@@ -230,6 +252,26 @@ class Shard:
             while self._control_send.statistics().current_buffer_used:
                 await trio.sleep(0.01)
         self._done.set()
+
+    def _tell_to_leave(self, conn: Connection, reason: str, reconnect_after_ms: int) -> None:
+        if self.app is not None and conn.session_id is not None:
+            conn.send(
+                conn.codec.encode(
+                    ServerShutdown(reason=reason, reconnect_after_ms=reconnect_after_ms)
+                )
+            )
+        conn.close(CloseCode.SERVICE_RESTART, reason[:60])
+
+    async def _close_staggered(
+        self, conns: list[Connection], reason: str, reconnect_after_ms: int, window: float
+    ) -> None:
+        # Paced by relative sleeps, not deadlines: after a stall (GC, CPU) the next close
+        # still waits its turn instead of a burst of overdue closes going out at once.
+        pause = window / max(1, len(conns))
+        for i, conn in enumerate(conns):
+            if i:
+                await trio.sleep(pause)
+            self._tell_to_leave(conn, reason, reconnect_after_ms)
 
     # ================================================================== connections
     async def _route(self, raw: trio.SocketStream) -> None:
@@ -411,7 +453,9 @@ class Shard:
                 conn.close(exc.code, exc.reason)
                 return
             if conn.session is not session:
-                return  # replaced by a newer connection while this one was reading
+                # Detached (replaced, or evacuated by a rolling restart): discard until the
+                # server's close reaches it; the client re-sends what was not acknowledged.
+                continue
             if not session.token_confirmed:
                 session.confirm_token()  # it read its welcome: older tokens are dead now
             if isinstance(message, Heartbeat):
@@ -535,8 +579,16 @@ class Shard:
                 self.host.install(message)
         elif isinstance(message, Drain):
             self._nursery.start_soon(
-                self.drain, message.reason, message.reconnect_after_ms, message.timeout
+                self.drain,
+                message.reason,
+                message.reconnect_after_ms,
+                message.timeout,
+                message.evacuate,
+                message.window_ms or None,
             )
+        elif isinstance(message, Adopt):
+            if self.host is not None:
+                self.host.adopt(message)
 
 
 def resume_query(path: str) -> tuple[str | None, int]:

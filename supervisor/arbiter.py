@@ -21,12 +21,14 @@ import trio
 
 from core.config import ServerConfig, ShardConfig
 from core.control import (
+    Adopt,
     Broadcast,
     Claim,
     ControlFrameError,
     ControlMessage,
     Drain,
     Drained,
+    Evacuate,
     Fetch,
     FrameReader,
     Handoff,
@@ -35,6 +37,7 @@ from core.control import (
     Ready,
     Release,
     RoomReleased,
+    SessionResumed,
     Surrender,
     encode_frame,
 )
@@ -47,6 +50,7 @@ RELAY_QUEUE = 10_000  # control frames queued per shard before relays to it are 
 STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
 HEALTHY_AFTER = 10.0  # a shard that lived this long restarts without backoff
 KILL_GRACE = 5.0  # seconds after --drain-timeout before stuck shards are killed
+RETURN_GRACE = 5.0  # seconds past the reconnect window a roll waits for players to be back
 
 
 class ShardHandle:
@@ -67,6 +71,7 @@ class ShardHandle:
         self.handoff = handoff
         self.load: Load | None = None
         self.placed_since_load = 0  # rooms placed here since its last Load report
+        self.draining = False
         self.started_at = trio.current_time()
         self.ready = trio.Event()
         self.exited = trio.Event()
@@ -99,8 +104,11 @@ class ShardHandle:
 class Supervisor:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.shards: dict[int, ShardHandle] = {}
+        self.shards: dict[int, ShardHandle] = {}  # slot index -> the shard serving it
+        self.processes: dict[int, ShardHandle] = {}  # generation -> every live shard process
         self.stopping = False
+        self.rolling = False
+        self._returning: set[str] = set()  # sessions evacuated by a roll, not yet resumed
         self._stopped = trio.Event()
         self._generation = 0
         self._exit_code = 0
@@ -109,6 +117,8 @@ class Supervisor:
         self._session_locks: dict[str, trio.Lock] = {}
         self._surrenders: dict[int, _Reply] = {}
         self._next_request = 0
+        self._returned = trio.Event()
+        self._evacuated = 0
 
     # ================================================================== main loop
     async def run(self) -> int:
@@ -172,7 +182,7 @@ class Supervisor:
             timeout=self.config.drain_timeout,
         )
         frame = encode_frame(drain)
-        handles = list(self.shards.values())
+        handles = list(self.processes.values())
         log("shutdown_start", shards=len(handles), drain_timeout=self.config.drain_timeout)
         for handle in handles:
             handle.send_frame(frame)
@@ -189,10 +199,85 @@ class Supervisor:
         self._stopped.set()
 
     def handle_hup(self) -> None:
-        log("hup_ignored", reason="rolling restart is not available in this version")
+        """Rolling restart: replace every shard, one at a time, with a fresh interpreter."""
+        if self.rolling or self.stopping:
+            log("hup_ignored", reason="a roll or a shutdown is already running")
+            return
+        self._nursery.start_soon(self.roll)
+
+    async def roll(self) -> bool:
+        """Replace shards 0..N-1 in turn; stop safely (old shard kept) on the first failure."""
+        self.rolling = True
+        started = trio.current_time()
+        log("roll_start", shards=len(self.shards))
+        try:
+            for index in sorted(self.shards):
+                if self.stopping:
+                    return False
+                if not await self._replace(index):
+                    log("roll_aborted", shard=index, reason="see the line above")
+                    return False
+            log("roll_done", shards=len(self.shards), duration_s=trio.current_time() - started)
+            return True
+        finally:
+            self.rolling = False
+
+    async def _replace(self, index: int) -> bool:
+        old = self.shards.get(index)
+        step_started = trio.current_time()
+        new = await self._spawn(index, install=False)
+        await _ready_or_exited(new, STARTUP_TIMEOUT)
+        if not new.ready.is_set():
+            log("replacement_failed", shard=index, pid=new.pid,
+                returncode=new.process.returncode)
+            if new.process.returncode is None:
+                new.process.kill()
+            return False
+        self.shards[index] = new  # the keeper now watches the replacement
+        if old is None or old.exited.is_set():
+            return True
+        old.draining = True
+        self._returning.clear()
+        self._evacuated = 0
+        window = self.config.reconnect_window_ms
+        old.send_frame(
+            encode_frame(
+                Drain(
+                    reason="rolling restart",
+                    reconnect_after_ms=self.config.reconnect_after_ms,
+                    timeout=self.config.drain_timeout,
+                    evacuate=True,
+                    window_ms=window,
+                )
+            )
+        )
+        ok = True
+        with trio.move_on_after(self.config.drain_timeout + KILL_GRACE):
+            await old.exited.wait()
+        if not old.exited.is_set():
+            log("drain_timeout", shard=index, pid=old.pid)
+            old.process.kill()
+            await old.exited.wait()
+            ok = False
+        # Wait for the moved players to be back before touching the next shard, so at
+        # most one shard's players are ever reconnecting at a time.
+        with trio.move_on_after((self.config.reconnect_after_ms + window) / 1000 + RETURN_GRACE):
+            while self._returning:
+                self._returned = trio.Event()
+                await self._returned.wait()
+        log(
+            "roll_step",
+            shard=index,
+            old_pid=old.pid,
+            new_pid=new.pid,
+            evacuated=self._evacuated,
+            not_back=len(self._returning),
+            duration_s=trio.current_time() - step_started,
+        )
+        return ok
 
     def _kill_remaining(self, why: str) -> None:
-        for handle in self.shards.values():
+        for handle in list(self.processes.values()):
             if handle.process.returncode is None:
                 log("shard_kill", shard=handle.index, pid=handle.pid, reason=why)
                 handle.process.kill()
@@ -201,35 +286,35 @@ class Supervisor:
     async def _keep_shard(self, index: int, first_started: trio.Event) -> None:
         failures = 0
         while not self.stopping:
-            handle = await self._spawn(index)
-            with trio.move_on_after(STARTUP_TIMEOUT):
-                async with trio.open_nursery() as wait_first:
-                    wait_first.start_soon(_set_when, handle.ready, wait_first.cancel_scope)
-                    wait_first.start_soon(_set_when, handle.exited, wait_first.cancel_scope)
-            if not handle.ready.is_set() and not first_started.is_set():
-                # A shard that cannot start the first time (bad --app, bad config) will not
-                # start the second time either: stop instead of respawning forever.
-                log(
-                    "startup_failed",
-                    shard=index,
-                    pid=handle.pid,
-                    returncode=handle.process.returncode,
-                )
-                self._exit_code = 1
+            current = self.shards.get(index)
+            if current is None or current.exited.is_set():
+                handle = await self._spawn(index)
+                await _ready_or_exited(handle, STARTUP_TIMEOUT)
+                if not handle.ready.is_set() and not first_started.is_set():
+                    # A shard that cannot start the first time (bad --app, bad config) will
+                    # not start the second time either: stop instead of respawning forever.
+                    log(
+                        "startup_failed",
+                        shard=index,
+                        pid=handle.pid,
+                        returncode=handle.process.returncode,
+                    )
+                    self._exit_code = 1
+                    first_started.set()
+                    if handle.process.returncode is None:
+                        handle.process.kill()
+                    self.stopping = True
+                    self._kill_remaining("startup failed")
+                    self._stopped.set()
+                    return
                 first_started.set()
-                if handle.process.returncode is None:
-                    handle.process.kill()
-                self.stopping = True
-                self._kill_remaining("startup failed")
-                self._stopped.set()
-                return
-            first_started.set()
+            else:
+                handle = current
             await handle.exited.wait()
-            lost = self.directory.drop_shard(index)
             if self.stopping:
                 return
-            if lost:
-                log("sessions_lost", shard=index, count=len(lost))
+            if self.shards.get(index) is not handle:
+                continue  # replaced by a rolling restart: watch the replacement
             lived = trio.current_time() - handle.started_at
             failures = 0 if lived > HEALTHY_AFTER else failures + 1
             delay = 0.0 if failures <= 1 else min(5.0, 0.1 * 2 ** (failures - 1))
@@ -246,7 +331,7 @@ class Supervisor:
             if delay:
                 await trio.sleep(delay)
 
-    async def _spawn(self, index: int) -> ShardHandle:
+    async def _spawn(self, index: int, install: bool = True) -> ShardHandle:
         self._generation += 1
         generation = self._generation
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -279,7 +364,9 @@ class Supervisor:
         control = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
         handoff = trio.socket.from_stdlib_socket(handoff_parent)
         handle = ShardHandle(index, generation, process, control, handoff)
-        self.shards[index] = handle
+        self.processes[generation] = handle
+        if install:
+            self.shards[index] = handle
         log("shard_spawn", shard=index, pid=process.pid, generation=generation)
         self._nursery.start_soon(self._watch, handle)
         self._nursery.start_soon(self._read_control, handle)
@@ -289,6 +376,10 @@ class Supervisor:
 
     async def _watch(self, handle: ShardHandle) -> None:
         await handle.process.wait()
+        self.processes.pop(handle.generation, None)
+        lost = self.directory.drop_shard(handle.generation)
+        if lost and not self.stopping:
+            log("sessions_lost", shard=handle.index, pid=handle.pid, count=len(lost))
         handle.exited.set()
         handle.handoff.close()
         with trio.move_on_after(1):
@@ -347,7 +438,7 @@ class Supervisor:
                 owner = self._least_loaded()
                 if owner is None:
                     return None
-                self.directory.claim_room(note.room, owner.index)
+                self.directory.claim_room(note.room, owner.generation)
                 owner.placed_since_load += 1
                 log("room_placed", room=note.room, shard=owner.index)
             return owner
@@ -357,24 +448,62 @@ class Supervisor:
                 return holder
         return origin if not origin.exited.is_set() else self._least_loaded()
 
-    def _live(self, index: int | None) -> ShardHandle | None:
-        handle = self.shards.get(index) if index is not None else None
+    def _live(self, generation: int | None) -> ShardHandle | None:
+        handle = self.processes.get(generation) if generation is not None else None
         if handle is None or handle.exited.is_set() or not handle.ready.is_set():
             return None
         return handle
 
-    def _least_loaded(self) -> ShardHandle | None:
-        """Fewest connections (last report), then fewest rooms, counting fresh placements."""
-        live = [h for h in self.shards.values() if self._live(h.index) is h]
+    def _least_loaded(self, exclude: ShardHandle | None = None) -> ShardHandle | None:
+        """Fewest connections (last report), then fewest rooms, counting fresh placements;
+        never a draining shard."""
+        live = [
+            h
+            for h in self.shards.values()
+            if self._live(h.generation) is h and not h.draining and h is not exclude
+        ]
         if not live:
             return None
 
         def load(h: ShardHandle) -> tuple[int, int, int]:
-            rooms = len(self.directory.rooms_of(h.index))
+            rooms = len(self.directory.rooms_of(h.generation))
             conns = h.load.connections if h.load else 0
             return (conns + h.placed_since_load, rooms, h.index)
 
         return min(live, key=load)
+
+    def _adopt_elsewhere(self, origin: ShardHandle, evacuate: Evacuate) -> None:
+        """A draining shard gives up a room or a batch of lobby sessions: pick a sibling,
+        update the directory, and send it everything (it arrives before any resume does:
+        the resume's fetch or fd follows on the same control channel or after it)."""
+        # The shard's own replacement is fresh and empty: everything goes there, nothing
+        # moves twice in one roll, and the balance between slots is kept.
+        target = self.shards.get(origin.index)
+        if target is origin or target is None or self._live(target.generation) is not target:
+            target = self._least_loaded(exclude=origin)
+        if target is None:
+            log("evacuate_failed", shard=origin.index, room=evacuate.room,
+                sessions=len(evacuate.sessions), reason="no live sibling")
+            return
+        if evacuate.room is not None:
+            self.directory.claim_room(evacuate.room, target.generation)
+            target.placed_since_load += 1
+        for snap in evacuate.sessions:
+            self.directory.move(snap.id, target.generation)
+            self._returning.add(snap.id)
+        self._evacuated += len(evacuate.sessions)
+        target.send_frame(
+            encode_frame(
+                Adopt(
+                    room=evacuate.room,
+                    app_state=evacuate.app_state,
+                    sessions=evacuate.sessions,
+                    applied_bseq=evacuate.applied_bseq,
+                )
+            )
+        )
+        log("evacuated", room=evacuate.room, sessions=len(evacuate.sessions),
+            from_shard=origin.index, to_shard=target.index, to_pid=target.pid)
 
     async def _route_fetch(self, requester: ShardHandle, fetch: Fetch) -> None:
         """A client resumes on ``requester``: take the session from its holder.
@@ -387,7 +516,7 @@ class Supervisor:
             async with lock:
                 answer = await self._surrender_from_holder(requester, fetch)
                 if answer.snapshot is not None:
-                    self.directory.move(fetch.session, requester.index)
+                    self.directory.move(fetch.session, requester.generation)
                 requester.send_frame(
                     encode_frame(
                         Handoff(
@@ -414,8 +543,8 @@ class Supervisor:
         refused = Handoff(
             request=fetch.request, session=fetch.session, snapshot=None, error="expired"
         )
-        owner_index = self.directory.owner_of(fetch.session)
-        holder = self.shards.get(owner_index) if owner_index is not None else None
+        owner = self.directory.owner_of(fetch.session)
+        holder = self.processes.get(owner) if owner is not None else None
         if holder is None or holder is requester or holder.exited.is_set():
             return refused
         self._next_request += 1
@@ -442,18 +571,24 @@ class Supervisor:
             frame = encode_frame(
                 Broadcast(origin=message.origin, message=message.message, bseq=self.bseq)
             )
-            for other in self.shards.values():
+            for other in self.processes.values():
                 if other.ready.is_set() and not other.exited.is_set():
                     other.send_frame(frame)
         elif isinstance(message, Claim):
-            self.directory.claim(message.session, handle.index)
+            self.directory.claim(message.session, handle.generation)
         elif isinstance(message, Release):
-            self.directory.release(message.session, handle.index)
+            self.directory.release(message.session, handle.generation)
         elif isinstance(message, Load):
             handle.load = message
             handle.placed_since_load = 0
         elif isinstance(message, RoomReleased):
-            self.directory.release_room(message.room, handle.index)
+            self.directory.release_room(message.room, handle.generation)
+        elif isinstance(message, Evacuate):
+            self._adopt_elsewhere(handle, message)
+        elif isinstance(message, SessionResumed):
+            if message.session in self._returning:
+                self._returning.discard(message.session)
+                self._returned.set()
         elif isinstance(message, Fetch):
             self._nursery.start_soon(self._route_fetch, handle, message)
         elif isinstance(message, Handoff):
@@ -481,6 +616,13 @@ class _Reply:
     def set(self, value: Handoff) -> None:
         self.value = value
         self.done.set()
+
+
+async def _ready_or_exited(handle: ShardHandle, timeout: float) -> None:
+    with trio.move_on_after(timeout):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_set_when, handle.ready, nursery.cancel_scope)
+            nursery.start_soon(_set_when, handle.exited, nursery.cancel_scope)
 
 
 async def _set_when(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -159,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
         "from its holder, instead of passing the socket to the holder",
     )
     p.add_argument(
+        "--reconnect-window-ms",
+        type=int,
+        default=d.reconnect_window_ms,
+        metavar="MS",
+        help=f"on a rolling restart, clients of a draining shard are told to come back "
+        f"spread over this window after --reconnect-after-ms (default "
+        f"{d.reconnect_window_ms})",
+    )
+    p.add_argument(
         "--no-gc-tuning",
         action="store_true",
         help="keep CPython's default GC settings in shards (for benchmarking)",
@@ -192,5 +201,6 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         turn_seconds=args.turn_seconds,
         ai_think_seconds=args.ai_think_seconds,
         route_resumes=not args.no_resume_routing,
+        reconnect_window_ms=args.reconnect_window_ms,
         gc_tuning=not args.no_gc_tuning,
     )

@@ -271,9 +271,16 @@ class RawClient:
             self.ws.receive_data(data or None)
 
     async def send(self, message: dict[str, Any]) -> None:
+        """Send; raises ``Closed`` (with the server's code) if the server already closed."""
         from wsproto.events import TextMessage
+        from wsproto.utilities import LocalProtocolError
 
-        await self.stream.send_all(self.ws.send(TextMessage(data=json.dumps(message))))
+        try:
+            data = self.ws.send(TextMessage(data=json.dumps(message)))
+        except LocalProtocolError:
+            while True:  # the server's close frame is waiting to be read: report its code
+                await self.receive()
+        await self.stream.send_all(data)
 
     async def receive(self, timeout: float = 10.0) -> dict[str, Any]:
         """The next JSON message; raises ``Closed`` with the code when the server closes."""

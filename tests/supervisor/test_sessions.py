@@ -197,8 +197,8 @@ async def test_two_connections_racing_to_resume_one_session_exactly_one_wins() -
                     assert w["resume_error"] == "invalid"
                     assert w["session"] != welcome["session"]
                     continue
-                await client.send({"type": "echo", "data": "who"})
                 try:
+                    await client.send({"type": "echo", "data": "who"})
                     await client.receive_until("echo", timeout=5)
                     holders.append(client)
                 except Closed as closed:

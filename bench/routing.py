@@ -1,0 +1,405 @@
+"""The cost of routing: connection setup rate for lobby vs room connections.
+
+Run as ``python -m bench.routing [--connections 2000] [--shards 4] [--tasks 16]``.
+
+A supervisor is started (``tests.support.open_server``, ``--port 0``) with the default app.
+A *setup* is: TCP connect + WebSocket handshake + reading the ``welcome``; the client then
+closes with 1000 (and reads the server's close frame) before its next connection. Clients
+are ``tests.support.RawClient`` (wsproto on a trio socket) in ``--client-procs`` separate
+processes, ``--tasks`` concurrent tasks in all, started together on a barrier.
+
+* ``lobby /``: always served by the shard whose accept won (``direct``).
+* ``room /rooms/bench``: an anchor client, connected first and reading all along, keeps
+  the room alive (it has one owner shard throughout, checked); a connection accepted by
+  another shard is passed through the supervisor to the owner (``event=routed ...
+  peer=IP:PORT``, matched to the client by its local port); the rest are ``direct``.
+
+The two paths alternate for ``--rounds`` rounds (``--connections`` per path in all), after
+a warm-up of each that is not counted. Then ``--probe`` setups are made one at a time
+(one task, nothing queued) for each path: the unloaded latency, split the same way.
+
+Reported per path: connections/s (setups and closes / wall time from the barrier to the
+last close; the rate of each round in brackets), p50/p99 setup latency, server CPU per
+connection (supervisor + shards, and the supervisor alone: it does the passing), the
+routed fraction, and direct/routed ratios. Everything is bounded: each client process
+stops at ``--max-seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from bench._load import CLK_TCK, cpu_seconds, loadavg, machine_info, percentile
+from tests.support import ROOT, Closed, RawClient, ServerProcess, open_server
+
+ROOM = "bench"
+
+
+# ====================================================================== client process
+async def _client_main(port: int, path: str, count: int, tasks: int, max_seconds: float) -> None:
+    """Wait for ``go`` on stdin, run ``count`` setups over ``tasks`` tasks, print JSON."""
+    results: list[tuple[int, float]] = []  # (local port, setup seconds)
+    errors: collections.Counter[str] = collections.Counter()
+    remaining = count
+    print("ready", flush=True)
+    await trio.lowlevel.FdStream(0).receive_some(16)
+    start = time.monotonic()
+    deadline = start + max_seconds
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0 and time.monotonic() < deadline:
+            remaining -= 1
+            try:
+                with trio.fail_after(10):
+                    t0 = time.perf_counter()
+                    client = await RawClient.connect(port, path)
+                    welcome = await client.receive()
+                    setup = time.perf_counter() - t0
+                    if welcome.get("type") != "welcome":
+                        raise RuntimeError(f"first message {welcome.get('type')}")
+                    local_port = client.stream.socket.getsockname()[1]
+                    await client.close(1000)
+            except Exception as exc:  # noqa: BLE001 - count and go on
+                errors[type(exc).__name__] += 1
+                continue
+            results.append((local_port, setup))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks):
+            nursery.start_soon(worker)
+    end = time.monotonic()
+    print(json.dumps({"start": start, "end": end, "results": results, "errors": errors}))
+
+
+# ====================================================================== the benchmark
+@dataclass
+class Phase:
+    name: str
+    path: str
+    tasks: int
+    results: list[tuple[int, float]] = field(default_factory=list)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    span: float = 0.0
+    rounds: list[float] = field(default_factory=list)  # conn/s of each round
+    cpu: list[float] = field(default_factory=list)  # CPU s: supervisor, shard 0, 1, ...
+    routed_ports: collections.Counter[int] = field(default_factory=collections.Counter)
+    routed_from: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    @property
+    def routed(self) -> int:
+        return sum(self.routed_ports.values())
+
+    def split(self) -> tuple[list[float], list[float]]:
+        """Setup latencies of (direct, routed) connections, matched by client port."""
+        left = collections.Counter(self.routed_ports)
+        direct, routed = [], []
+        for port, setup in self.results:
+            if left[port] > 0:
+                left[port] -= 1
+                routed.append(setup)
+            else:
+                direct.append(setup)
+        return direct, routed
+
+
+def _cpu(pids: list[int]) -> list[float]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(cpu_seconds(pid))
+        except (OSError, IndexError):
+            out.append(0.0)
+    return out
+
+
+async def _run_clients(
+    server: ServerProcess, phase: Phase, count: int, procs: int, max_seconds: float
+) -> None:
+    """Run ``count`` setups in ``procs`` client processes; add them to ``phase``."""
+    procs = max(1, min(procs, phase.tasks))
+    log_from = len(server.log.lines)
+    pids = [server.pid, *(pid for _, pid in sorted(server.shard_pids().items()))]
+    children = []
+    outputs: list[bytes] = [b""] * procs
+
+    async def read(i: int, ready: trio.Semaphore) -> None:
+        stdout = children[i].stdout
+        assert stdout is not None
+        signalled = False
+        async for chunk in stdout:
+            outputs[i] += chunk
+            if not signalled and b"ready\n" in outputs[i]:
+                signalled = True
+                ready.release()
+
+    try:
+        for i in range(procs):
+            share = count // procs + (i < count % procs)
+            tasks = phase.tasks // procs + (i < phase.tasks % procs)
+            spec = f"{server.port},{phase.path},{share},{tasks},{max_seconds}"
+            children.append(
+                await trio.lowlevel.open_process(
+                    [sys.executable, "-m", "bench.routing", "--client", spec],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    cwd=ROOT,
+                )
+            )
+        with trio.fail_after(max_seconds + 30):
+            ready = trio.Semaphore(0, max_value=procs)
+            async with trio.open_nursery() as nursery:
+                for i in range(procs):
+                    nursery.start_soon(read, i, ready)
+                for _ in range(procs):
+                    await ready.acquire()
+                cpu_before = _cpu(pids)
+                for child in children:
+                    assert child.stdin is not None
+                    await child.stdin.send_all(b"go\n")
+            for child in children:
+                await child.wait()
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+    used = [after - before for after, before in zip(_cpu(pids), cpu_before, strict=True)]
+    phase.cpu = [a + b for a, b in zip(phase.cpu or [0.0] * len(used), used, strict=True)]
+    starts, ends, done = [], [], 0
+    for i, out in enumerate(outputs):
+        if b"ready\n" not in out:
+            raise RuntimeError(f"client process {i} exited {children[i].returncode}: {out!r}")
+        report = json.loads(out.split(b"ready\n", 1)[1])
+        starts.append(report["start"])
+        ends.append(report["end"])
+        phase.results.extend((port, setup) for port, setup in report["results"])
+        phase.errors.update(report["errors"])
+        done += len(report["results"])
+    span = max(ends) - min(starts)
+    phase.span += span
+    phase.rounds.append(done / span)
+    # Every served connection logs ``disconnect`` (with the same peer): wait, bounded,
+    # until they are all in, so every ``routed`` line of this round is too.
+    with trio.move_on_after(10):
+        while sum(f.get("event") == "disconnect" for f in server.log.lines[log_from:]) < done:
+            await trio.sleep(0.05)
+    for f in server.log.lines[log_from:]:
+        if f.get("event") == "routed" and f.get("room") == ROOM:
+            phase.routed_ports[int(f["peer"].rsplit(":", 1)[1])] += 1
+            phase.routed_from[int(f["shard"])] += 1
+
+
+async def _keep_reading(client: RawClient, closed: list[str]) -> None:
+    """The anchor: read everything (it gets a few frames per connection of the room)."""
+    try:
+        while True:
+            await client.receive(timeout=3600)
+    except Closed as exc:
+        closed.append(f"closed {exc.code}")
+
+
+# ====================================================================== report
+def _ms(values: list[float], q: float) -> str:
+    return f"{1000 * percentile(sorted(values), q):.1f}" if values else "-"
+
+
+def _table(phases: list[Phase]) -> list[str]:
+    rows = [
+        f"{'path':<31} {'tasks':>5} {'conns':>6} {'err':>3} {'conn/s (per round)':>20} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'CPU ms/conn':>12} {'routed':>11}",
+        f"{'':<31} {'':>5} {'':>6} {'':>3} {'':>20} {'':>7} {'':>7} {'all (sup)':>12}",
+    ]
+    for p in phases:
+        n = len(p.results)
+        rate = f"{n / p.span:.0f}" if p.span else "-"
+        if len(p.rounds) > 1:
+            rate += " (" + " ".join(f"{r:.0f}" for r in p.rounds) + ")"
+        cpu = f"{1000 * sum(p.cpu) / n:.2f} ({1000 * p.cpu[0] / n:.2f})" if n else "-"
+        routed = f"{p.routed} ({100 * p.routed / n:.0f}%)" if p.path != "/" and n else "direct"
+        rows.append(
+            f"{p.name:<31} {p.tasks:>5} {n:>6} {sum(p.errors.values()):>3} {rate:>20} "
+            f"{_ms([s for _, s in p.results], 50):>7} {_ms([s for _, s in p.results], 99):>7} "
+            f"{cpu:>12} {routed:>11}"
+        )
+        if p.path != "/":
+            for label, values in zip(("direct (owner)", "routed"), p.split(), strict=True):
+                rows.append(
+                    f"  {label:<29} {'':>5} {len(values):>6} {'':>3} {'':>20} "
+                    f"{_ms(values, 50):>7} {_ms(values, 99):>7}"
+                )
+    return rows
+
+
+def _ratios(lobby: Phase, room: Phase, probe_room: Phase) -> list[str]:
+    out = []
+    if lobby.span and room.span and lobby.results and room.results:
+        lobby_rate = len(lobby.results) / lobby.span
+        room_rate = len(room.results) / room.span
+        lobby_cpu = sum(lobby.cpu) / len(lobby.results)
+        room_cpu = sum(room.cpu) / len(room.results)
+        out.append(
+            f"direct/routed throughput: lobby {lobby_rate:.0f} / room {room_rate:.0f} conn/s ="
+            f" {lobby_rate / room_rate:.2f} (room {100 * room.routed / len(room.results):.0f}%"
+            f" routed); server CPU per connection room/lobby = {room_cpu / lobby_cpu:.2f}"
+        )
+    for p in (lobby, room):
+        if p.span:
+            pct = [f"{100 * c / p.span:.0f}%" for c in p.cpu]
+            shards = ", ".join(f"shard {i} {share}" for i, share in enumerate(pct[1:]))
+            out.append(f"{p.name}: CPU (% of a core) supervisor {pct[0]}, {shards}")
+    for p in (room, probe_room):
+        direct, routed = p.split()
+        origins = ", ".join(f"shard {k}: {v}" for k, v in sorted(p.routed_from.items()))
+        out.append(f"{p.name}: routed from {origins or '-'}")
+        if direct and routed:
+            d50, r50 = percentile(sorted(direct), 50), percentile(sorted(routed), 50)
+            out.append(
+                f"  p50 setup routed/direct: {1000 * r50:.2f} / {1000 * d50:.2f} ms ="
+                f" {r50 / d50:.2f} ({1000 * (r50 - d50):+.2f} ms per routed setup)"
+            )
+    return out
+
+
+def _system_busy_s() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU over the whole run: the server's processes (from /proc, read while they
+    live), the client processes (waited for), this process, and everything else."""
+
+    def __init__(self, server_pids: list[int]) -> None:
+        self.pids = server_pids
+        self.started = time.monotonic()
+        self.busy = _system_busy_s()
+        self.server = sum(_cpu(self.pids))
+        self.mine = self._mine()
+
+    @staticmethod
+    def _mine() -> tuple[float, float]:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+    def done(self) -> str:
+        wall = time.monotonic() - self.started
+        busy = _system_busy_s() - self.busy
+        server = sum(_cpu(self.pids)) - self.server
+        me, kids = (now - then for now, then in zip(self._mine(), self.mine, strict=True))
+        other = max(0.0, busy - server - me - kids)
+
+        def pct(x: float) -> str:
+            return f"{100 * x / wall:.0f}%"
+
+        return (
+            f"CPU:      {pct(busy)} of one core busy over {wall:.0f} s: server {pct(server)},"
+            f" clients {pct(kids)}, this process {pct(me)}, other processes {pct(other)};"
+            f" loadavg at end {loadavg()}"
+        )
+
+
+# ====================================================================== main
+async def run(a: argparse.Namespace) -> list[str]:
+    out = [
+        f"command:  python -m bench.routing --connections {a.connections} --shards {a.shards}"
+        f" --tasks {a.tasks} --client-procs {a.client_procs} --rounds {a.rounds}"
+        f" --probe {a.probe} --max-outbound-queue {a.max_outbound_queue}",
+        *machine_info(),
+    ]
+    lobby = Phase("lobby /", "/", a.tasks)
+    room = Phase(f"room /rooms/{ROOM}", f"/rooms/{ROOM}", a.tasks)
+    probe_lobby = Phase("lobby /, 1 at a time", "/", 1)
+    probe_room = Phase(f"room /rooms/{ROOM}, 1 at a time", f"/rooms/{ROOM}", 1)
+    per_round = max(1, a.connections // a.rounds)
+    warm = max(1, min(200, per_round // 5))
+    # The anchor gets a few frames for every connection of the room; with the default
+    # outbox (1024 frames) the owner drops it as a slow consumer under this load, although
+    # it reads all the time (see BENCHMARKS.md), and the room would move between shards.
+    server_args = ("--max-outbound-queue", str(a.max_outbound_queue))
+    anchor_closed: list[str] = []
+    async with (
+        open_server(*server_args, shards=a.shards, echo_logs=False) as server,
+        trio.open_nursery() as nursery,
+    ):
+        meter = CpuMeter([server.pid, *server.shard_pids().values()])
+        started = time.monotonic()
+        anchor = await RawClient.connect(server.port, f"/rooms/{ROOM}")
+        owner = (await anchor.receive())["shard"]
+        nursery.start_soon(_keep_reading, anchor, anchor_closed)
+        placed = len(server.log.events("room_placed", room=ROOM))
+        for path in ("/", room.path):
+            await _run_clients(server, Phase("warm-up", path, a.tasks), warm, a.client_procs, 20)
+        for _ in range(a.rounds):
+            for phase in (lobby, room):
+                await _run_clients(server, phase, per_round, a.client_procs, a.max_seconds)
+        if a.probe:
+            await _run_clients(server, probe_lobby, a.probe, 1, 30)
+            await _run_clients(server, probe_room, a.probe, 1, 30)
+        elapsed = time.monotonic() - started
+        cpu = meter.done()
+        moved = len(server.log.events("room_placed", room=ROOM)) - placed  # must stay 0
+        nursery.cancel_scope.cancel()
+    kept = "kept" if not moved and not anchor_closed else "LOST: the room numbers are void"
+    out += [
+        cpu,
+        f"server:   {a.shards} shards, default app (demo), --max-outbound-queue"
+        f" {a.max_outbound_queue}; room {ROOM!r} owned by shard {owner} ({kept}; anchor"
+        f" {anchor_closed[0] if anchor_closed else 'connected'}, re-placed {moved}x);"
+        f" {a.client_procs} client process(es); run {elapsed:.0f} s",
+        "",
+        *_table([lobby, room, probe_lobby, probe_room]),
+        "",
+        *_ratios(lobby, room, probe_room),
+    ]
+    errors = lobby.errors + room.errors + probe_lobby.errors + probe_room.errors
+    if errors:
+        out.append(f"client errors: {dict(errors)}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.routing", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--connections", type=int, default=2000, help="per path (2000)")
+    parser.add_argument("--shards", type=int, default=4, help="shards (4)")
+    parser.add_argument("--tasks", type=int, default=16, help="concurrent client tasks (16)")
+    parser.add_argument("--client-procs", type=int, default=2, help="client processes (2)")
+    parser.add_argument("--rounds", type=int, default=2, help="lobby/room alternations (2)")
+    parser.add_argument(
+        "--probe", type=int, default=300, help="one-at-a-time setups per path (300; 0 = none)"
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=30.0, help="bound of each loaded round (30)"
+    )
+    parser.add_argument(
+        "--max-outbound-queue",
+        type=int,
+        default=100_000,
+        help="server outbox per connection (100000; the default 1024 drops the anchor)",
+    )
+    parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: one client process
+    a = parser.parse_args(argv)
+    if a.client:
+        port, path, count, tasks, max_seconds = a.client.split(",")
+        trio.run(_client_main, int(port), path, int(count), int(tasks), float(max_seconds))
+        return 0
+    for line in trio.run(run, a):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Example apps for the server, loaded with ``--app examples.<module>:<Class>``."""

@@ -1,0 +1,159 @@
+"""Rolling restarts and crashes through real processes and real signals, with players."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+from collections import Counter
+
+import pytest
+import trio
+
+from tests.supervisor.rolling_harness import Crowd, Player, paths, run_crowd
+from tests.support import open_server
+
+pytestmark = pytest.mark.timeout(300)
+
+ROLL_ARGS = (
+    "--reconnect-after-ms",
+    "100",
+    "--reconnect-window-ms",
+    "2000",
+    "--drain-timeout",
+    "10",
+    "--heartbeat-interval",
+    "1",
+    "--heartbeat-timeout",
+    "2",
+)
+
+
+@pytest.mark.parametrize("players", [200])
+async def test_hup_replaces_every_shard_and_no_player_loses_anything(players: int) -> None:
+    async with open_server(*ROLL_ARGS, shards=4, echo_logs=False) as server:
+        crowd = Crowd([Player(i, p) for i, p in enumerate(paths(players, rooms=10, per_room=10))])
+        before = server.shard_pids()
+        roll: dict[str, str] = {}
+        started = [0.0]
+
+        async def during() -> None:
+            await trio.sleep(1.0)  # traffic flowing
+            started[0] = trio.current_time()
+            server.signal(signal.SIGHUP)
+            roll.update(await server.log.wait_for("roll_done", timeout=120))
+            await trio.sleep(0.5)
+
+        await run_crowd(server, crowd, during)
+        after = server.shard_pids()
+        totals = crowd.totals()
+        latencies = sorted(x for p in crowd.players for x in p.reconnect_latencies)
+        report = {
+            **totals,
+            "min_connected_fraction": round(crowd.min_connected_fraction(started[0]), 3),
+            "reconnect_p50_s": round(statistics.median(latencies), 3) if latencies else None,
+            "reconnect_p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 3)
+            if latencies
+            else None,
+            "roll_s": roll.get("duration_s"),
+        }
+        print("ROLL", report)
+        low = min((c, t) for t, c in crowd.samples if t >= started[0])
+        print("lowest connected count", low[0], "at", round(low[1] - started[0], 3), "s after HUP")
+        near = Counter(
+            (code, reason[:40]) for t, code, reason, _ in crowd.aways if low[1] - 0.6 < t <= low[1]
+        )
+        print("disconnects in the 0.6 s before it:", dict(near))
+        for f in server.log.lines:
+            if f.get("event") in (
+                "roll_start",
+                "roll_step",
+                "roll_done",
+                "evacuate",
+                "evacuated",
+                "adopted",
+                "resume_failed",
+                "replacement_failed",
+                "drain_start",
+                "drain_done",
+                "app_error",
+                "sessions_lost",
+                "evacuate_failed",
+                "fetch_timeout",
+            ):
+                print("LOG", f)
+        assert not server.log.events("roll_aborted")
+        assert set(before.values()).isdisjoint(after.values()), (before, after)
+        assert len(after) == 4
+        assert report["min_connected_fraction"] >= 0.75, report
+        assert totals["sessions_lost"] == 0 and totals["not_in_original_session"] == 0, totals
+        for key in ("c2s_lost", "c2s_doubled", "s2c_lost", "s2c_doubled"):
+            assert totals[key] == 0, totals
+        assert totals["resumes"] >= players * 0.9
+
+
+async def test_a_killed_shard_is_respawned_within_a_second_and_others_never_disconnect() -> None:
+    async with open_server(*ROLL_ARGS, shards=4, echo_logs=False) as server:
+        crowd = Crowd([Player(i, "/") for i in range(40)])
+
+        async def during() -> None:
+            await trio.sleep(0.5)
+            pids = server.shard_pids()
+            mark = len(server.log.lines)
+            killed_at = trio.current_time()
+            os.kill(pids[1], signal.SIGKILL)
+            await server.log.wait_for("shard_ready", shard=1, after=mark, timeout=10)
+            assert trio.current_time() - killed_at <= 1.0 + 0.5  # + scheduling slack
+            await trio.sleep(1.0)
+
+        # The victims' sessions die with their shard (no checkpoints yet): do not wait for
+        # their traffic to complete.
+        await run_crowd(server, crowd, during, settle=3.0)
+        exit_line = server.log.events("shard_exit", shard=1)[-1]
+        assert exit_line["signal"] == "SIGKILL"
+        victims = [p for p in crowd.players if p.shard == 1]
+        others = [p for p in crowd.players if p.shard != 1]
+        assert victims and others
+        # Players on the other shards never saw a disconnect; the victims came back.
+        assert all(not p.aways for p in others), [(p.index, p.shard) for p in others if p.aways]
+        assert all(p.aways for p in victims)
+
+
+async def test_a_replacement_that_crashes_at_start_aborts_the_roll_and_keeps_four_shards(
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    app_dir = Path(str(tmp_path))
+    marker = app_dir / "broken"
+    (app_dir / "deployable.py").write_text(
+        "import pathlib\n"
+        "from shards.app import DemoApp\n"
+        f"if pathlib.Path({str(marker)!r}).exists():\n"
+        "    raise RuntimeError('this deploy is broken')\n"
+        "App = DemoApp\n"
+    )
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = f"{app_dir}{os.pathsep}{env_path}" if env_path else str(app_dir)
+    try:
+        async with open_server("--app", "deployable:App", *ROLL_ARGS, shards=4) as server:
+            before = server.shard_pids()
+            marker.write_text("yes")
+            server.signal(signal.SIGHUP)
+            await server.log.wait_for("roll_aborted", timeout=60)
+            assert server.log.events("replacement_failed", shard=0)
+            assert not server.log.events("roll_step")  # no old shard was drained
+            # The old shards serve on: all four still answer.
+            from tests.support import RawClient
+
+            seen = set()
+            for _ in range(200):
+                client = await RawClient.connect(server.port)
+                seen.add((await client.receive())["shard"])
+                client.vanish()
+                if len(seen) == 4:
+                    break
+            assert seen == {0, 1, 2, 3}
+            assert all(os.path.exists(f"/proc/{pid}") for pid in before.values())
+    finally:
+        os.environ["PYTHONPATH"] = env_path
