@@ -143,6 +143,13 @@ class Load(_Control, tag="load", kw_only=True):
     rooms: int
 
 
+class RoomHosted(_Control, tag="room_hosted", kw_only=True):
+    """Shard -> supervisor: ``room`` has its first session here (it owns the room)."""
+
+    shard: int
+    room: str
+
+
 class RoomReleased(_Control, tag="room_released", kw_only=True):
     """Shard -> supervisor: the last session of ``room`` ended here."""
 
@@ -170,6 +177,7 @@ ControlMessage = (
     | Surrender
     | Handoff
     | Load
+    | RoomHosted
     | RoomReleased
     | Evacuate
     | Adopt

@@ -31,6 +31,7 @@ from core.control import (
     Fetch,
     Handoff,
     Release,
+    RoomHosted,
     RoomReleased,
     SessionResumed,
     Surrender,
@@ -154,7 +155,13 @@ class SessionHost:
     def _hold(self, session: Session) -> None:
         self.sessions[session.id] = session
         if session.room is not None:
-            self.rooms.setdefault(session.room, set()).add(session.id)
+            members = self.rooms.get(session.room)
+            if members is None:
+                members = self.rooms[session.room] = set()
+                # Claim it: a connection routed here just as the room emptied would
+                # otherwise re-create it while the directory lets another shard take it.
+                self._send_control(RoomHosted(shard=self.shard_index, room=session.room))
+            members.add(session.id)
 
     def _unhold(self, session: Session) -> None:
         self.sessions.pop(session.id, None)

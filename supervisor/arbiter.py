@@ -36,6 +36,7 @@ from core.control import (
     PassConnection,
     Ready,
     Release,
+    RoomHosted,
     RoomReleased,
     SessionResumed,
     Surrender,
@@ -50,6 +51,7 @@ RELAY_QUEUE = 10_000  # control frames queued per shard before relays to it are 
 STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
 HEALTHY_AFTER = 10.0  # a shard that lived this long restarts without backoff
 KILL_GRACE = 5.0  # seconds after --drain-timeout before stuck shards are killed
+ROOM_LINGER = 5.0  # seconds an emptied room stays with its shard before it may move
 RETURN_GRACE = 5.0  # seconds past the reconnect window a roll waits for players to be back
 
 
@@ -119,6 +121,7 @@ class Supervisor:
         self._next_request = 0
         self._returned = trio.Event()
         self._evacuated = 0
+        self._released: dict[str, int] = {}  # room -> generation that released it, lingering
 
     # ================================================================== main loop
     async def run(self) -> int:
@@ -228,8 +231,7 @@ class Supervisor:
         new = await self._spawn(index, install=False)
         await _ready_or_exited(new, STARTUP_TIMEOUT)
         if not new.ready.is_set():
-            log("replacement_failed", shard=index, pid=new.pid,
-                returncode=new.process.returncode)
+            log("replacement_failed", shard=index, pid=new.pid, returncode=new.process.returncode)
             if new.process.returncode is None:
                 new.process.kill()
             return False
@@ -472,6 +474,12 @@ class Supervisor:
 
         return min(live, key=load)
 
+    async def _release_room_later(self, room: str, generation: int) -> None:
+        await trio.sleep(ROOM_LINGER)
+        if self._released.get(room) == generation:
+            del self._released[room]
+            self.directory.release_room(room, generation)
+
     def _adopt_elsewhere(self, origin: ShardHandle, evacuate: Evacuate) -> None:
         """A draining shard gives up a room or a batch of lobby sessions: pick a sibling,
         update the directory, and send it everything (it arrives before any resume does:
@@ -482,8 +490,13 @@ class Supervisor:
         if target is origin or target is None or self._live(target.generation) is not target:
             target = self._least_loaded(exclude=origin)
         if target is None:
-            log("evacuate_failed", shard=origin.index, room=evacuate.room,
-                sessions=len(evacuate.sessions), reason="no live sibling")
+            log(
+                "evacuate_failed",
+                shard=origin.index,
+                room=evacuate.room,
+                sessions=len(evacuate.sessions),
+                reason="no live sibling",
+            )
             return
         if evacuate.room is not None:
             self.directory.claim_room(evacuate.room, target.generation)
@@ -502,8 +515,14 @@ class Supervisor:
                 )
             )
         )
-        log("evacuated", room=evacuate.room, sessions=len(evacuate.sessions),
-            from_shard=origin.index, to_shard=target.index, to_pid=target.pid)
+        log(
+            "evacuated",
+            room=evacuate.room,
+            sessions=len(evacuate.sessions),
+            from_shard=origin.index,
+            to_shard=target.index,
+            to_pid=target.pid,
+        )
 
     async def _route_fetch(self, requester: ShardHandle, fetch: Fetch) -> None:
         """A client resumes on ``requester``: take the session from its holder.
@@ -581,8 +600,18 @@ class Supervisor:
         elif isinstance(message, Load):
             handle.load = message
             handle.placed_since_load = 0
+        elif isinstance(message, RoomHosted):
+            owner = self._live(self.directory.room_owner(message.room))
+            if owner is None or owner is handle:
+                self.directory.claim_room(message.room, handle.generation)
+            else:
+                log("room_conflict", room=message.room, shard=handle.index, owner_shard=owner.index)
+            self._released.pop(message.room, None)
         elif isinstance(message, RoomReleased):
-            self.directory.release_room(message.room, handle.generation)
+            # Linger before forgetting the owner: a connection for this room may be in
+            # flight to that shard, which will host it again (RoomHosted cancels this).
+            self._released[message.room] = handle.generation
+            self._nursery.start_soon(self._release_room_later, message.room, handle.generation)
         elif isinstance(message, Evacuate):
             self._adopt_elsewhere(handle, message)
         elif isinstance(message, SessionResumed):

@@ -183,3 +183,23 @@ async def _settled_fds(pids: list[int]) -> dict[int, int]:
                 return now
             previous = now
             await trio.sleep(0.5)
+
+
+async def test_a_room_that_empties_and_refills_at_once_stays_on_one_shard() -> None:
+    # Players leave and join concurrently, so the room keeps emptying while a connection
+    # for it is on its way: it must not be re-created on a second shard.
+    async with open_server(shards=4, echo_logs=False) as server:
+        shards: set[int] = set()
+
+        async def churn() -> None:
+            for _ in range(60):
+                client, welcome = await _join(server, "churn")
+                shards.add(welcome["shard"])
+                await client.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(churn)
+            nursery.start_soon(churn)
+        assert len(shards) == 1, shards
+        assert len(server.log.events("room_placed", room="churn")) == 1
+        assert not server.log.events("room_conflict")
