@@ -50,6 +50,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     # away player.
     turn_seconds: float = 10.0
     ai_think_seconds: float = 0.5
+    # Unix socket for `python -m supervisor status|reload` (0600).
+    control_socket: str = ".ws-supervisor.sock"
     # Freeze the start-up heap and raise GC thresholds in shards (see shards.__main__).
     gc_tuning: bool = True
 

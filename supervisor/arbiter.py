@@ -10,6 +10,7 @@ socketpair per shard.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -46,6 +47,7 @@ from core.directory import InMemoryDirectory, SessionDirectory
 from core.tokens import load_or_create_secret
 from shards.log import log
 from shards.routing import receive_connection, send_connection
+from supervisor import control_socket
 
 RELAY_QUEUE = 10_000  # control frames queued per shard before relays to it are dropped
 STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
@@ -129,11 +131,17 @@ class Supervisor:
         load_or_create_secret(self.config.secret_file)
         self.sock = self._bind()
         host, port = self.sock.getsockname()[:2]
+        self.port = port
+        self.started_at = trio.current_time()
+        control_sock = control_socket.bind(self.config.control_socket)
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._signal_loop, sigs)
+                    nursery.start_soon(
+                        control_socket.serve, control_sock, self.status, self.request_reload
+                    )
                     first_start = []
                     for index in range(self.config.shards):
                         started = trio.Event()
@@ -154,6 +162,9 @@ class Supervisor:
                     nursery.cancel_scope.cancel()
         finally:
             self.sock.close()
+            control_sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.control_socket)
         log("exit", pid=os.getpid(), code=self._exit_code)
         return self._exit_code
 
@@ -200,6 +211,42 @@ class Supervisor:
         log("shutdown_forced")
         self._kill_remaining("second stop signal")
         self._stopped.set()
+
+    def status(self) -> dict[str, object]:
+        """What ``python -m supervisor status`` prints."""
+        now = trio.current_time()
+        shards = []
+        for handle in sorted(self.processes.values(), key=lambda h: (h.index, h.generation)):
+            state = (
+                "draining" if handle.draining else "ready" if handle.ready.is_set() else "starting"
+            )
+            load = handle.load
+            shards.append(
+                {
+                    "shard": handle.index,
+                    "pid": handle.pid,
+                    "generation": handle.generation,
+                    "state": state,
+                    "connections": load.connections if load else 0,
+                    "sessions": load.sessions if load else 0,
+                    "rooms": load.rooms if load else 0,
+                    "uptime_s": round(now - handle.started_at, 1),
+                }
+            )
+        return {
+            "pid": os.getpid(),
+            "port": self.port,
+            "rolling": self.rolling,
+            "stopping": self.stopping,
+            "uptime_s": round(now - self.started_at, 1),
+            "shards": shards,
+        }
+
+    def request_reload(self) -> dict[str, object]:
+        """``python -m supervisor reload``: the same as SIGHUP."""
+        busy = self.rolling or self.stopping
+        self.handle_hup()
+        return {"reload": "busy" if busy else "started"}
 
     def handle_hup(self) -> None:
         """Rolling restart: replace every shard, one at a time, with a fresh interpreter."""

@@ -12,7 +12,13 @@ Run a WebSocket game server: one listening socket, N trio shard processes.
 
 Signals: SIGTERM or SIGINT (Ctrl-C) = graceful shutdown: every client gets
 server_shutdown and close 1012, shards get --drain-timeout to finish, exit 0.
-A second SIGTERM/SIGINT kills the shards at once.
+A second SIGTERM/SIGINT kills the shards at once. SIGHUP = rolling restart: each
+shard in turn is replaced by a fresh interpreter (new code), its rooms and sessions
+are handed over, its clients reconnect and resume; nothing is lost.
+
+Commands to a running supervisor (through --control-socket):
+  python -m supervisor status   each shard: pid, generation, state, connections, rooms
+  python -m supervisor reload   rolling restart (the same as SIGHUP)
 """
 
 
@@ -168,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{d.reconnect_window_ms})",
     )
     p.add_argument(
+        "--control-socket",
+        default=d.control_socket,
+        metavar="PATH",
+        help=f"Unix socket for `python -m supervisor status|reload` (default {d.control_socket})",
+    )
+    p.add_argument(
         "--no-gc-tuning",
         action="store_true",
         help="keep CPython's default GC settings in shards (for benchmarking)",
@@ -201,6 +213,7 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         turn_seconds=args.turn_seconds,
         ai_think_seconds=args.ai_think_seconds,
         route_resumes=not args.no_resume_routing,
+        control_socket=args.control_socket,
         reconnect_window_ms=args.reconnect_window_ms,
         gc_tuning=not args.no_gc_tuning,
     )

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -81,6 +82,7 @@ class ServerProcess:
         self.log = log
         self.port = 0
         self.host = "127.0.0.1"
+        self.control_socket = ""
 
     @property
     def pid(self) -> int:
@@ -162,6 +164,7 @@ async def open_server(
     *args: str, shards: int = 2, ready: bool = True, echo_logs: bool = True
 ) -> AsyncIterator[ServerProcess]:
     """Start the supervisor with ``--port 0``; kill exactly its processes on the way out."""
+    control = tempfile.mkdtemp(prefix="ws-test-") + "/supervisor.sock"
     cmd = [
         sys.executable,
         "-m",
@@ -172,6 +175,8 @@ async def open_server(
         "0",
         "--shards",
         str(shards),
+        "--control-socket",
+        control,
         *args,
     ]
     log = LogLines()
@@ -183,6 +188,7 @@ async def open_server(
         cwd=ROOT,
     )
     server = ServerProcess(process, log)
+    server.control_socket = control
     try:
         async with trio.open_nursery() as nursery:
             assert process.stderr is not None

@@ -157,3 +157,43 @@ async def test_a_replacement_that_crashes_at_start_aborts_the_roll_and_keeps_fou
             assert all(os.path.exists(f"/proc/{pid}") for pid in before.values())
     finally:
         os.environ["PYTHONPATH"] = env_path
+
+
+async def test_status_shows_every_shard_and_reload_rolls_them() -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    async with open_server(*ROLL_ARGS, shards=3) as server:
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "supervisor",
+                    *args,
+                    "--control-socket",
+                    server.control_socket,
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+
+        status = json.loads((await trio.to_thread.run_sync(run, "status", "--json")).stdout)
+        assert [s["shard"] for s in status["shards"]] == [0, 1, 2]
+        assert {s["pid"] for s in status["shards"]} == set(server.shard_pids().values())
+        assert all(s["state"] == "ready" for s in status["shards"])
+        table = (await trio.to_thread.run_sync(run, "status")).stdout
+        assert "generation" in table or "gen" in table
+        reply = json.loads((await trio.to_thread.run_sync(run, "reload")).stdout)
+        assert reply == {"reload": "started"}
+        await server.log.wait_for("roll_done", timeout=60)
+        after = json.loads((await trio.to_thread.run_sync(run, "status", "--json")).stdout)
+        assert {s["pid"] for s in after["shards"]}.isdisjoint({s["pid"] for s in status["shards"]})
+        assert len(after["shards"]) == 3
