@@ -50,6 +50,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     # away player.
     turn_seconds: float = 10.0
     ai_think_seconds: float = 0.5
+    # Shards well above the mean connection count pause accepting for a moment
+    # (core/balance.py); off only to measure the kernel's own skew.
+    balance_accept: bool = True
     # Unix socket for `python -m supervisor status|reload` (0600).
     control_socket: str = ".ws-supervisor.sock"
     # Freeze the start-up heap and raise GC thresholds in shards (see shards.__main__).

@@ -17,6 +17,7 @@ import trio
 
 from core.config import ShardConfig
 from shards.app import load_app
+from shards.load_table import LoadTable
 from shards.log import log
 from shards.shard import Shard
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, default=None)
     parser.add_argument("--handoff-fd", type=int, default=None)
+    parser.add_argument("--load-fd", type=int, default=None)
     args = parser.parse_args(argv)
     config = msgspec.json.decode(args.config, type=ShardConfig)
     listen_sock = socket.socket(fileno=args.listen_fd)
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         log("app_load_failed", shard=config.index, app=config.server.app, error=repr(exc))
         return 2
     handoff_sock = socket.socket(fileno=args.handoff_fd) if args.handoff_fd is not None else None
-    shard = Shard(config, listen_sock, control_sock, app, handoff_sock)
+    load_table = LoadTable(args.load_fd, config.server.shards) if args.load_fd is not None else None
+    shard = Shard(config, listen_sock, control_sock, app, handoff_sock, load_table)
     tune_gc(config.server.gc_tuning)
     trio.run(shard.run)
     return 0

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, wrap_server_stream
 
+from core import balance
 from core.close_codes import CloseCode, How
 from core.config import ShardConfig
 from core.control import (
@@ -56,6 +57,7 @@ from core.tokens import TokenSigner, load_or_create_secret
 from shards.activity import ActivityStream
 from shards.app import App
 from shards.connection import Connection, duration
+from shards.load_table import LoadTable
 from shards.log import log
 from shards.routing import (
     BadRequest,
@@ -82,6 +84,7 @@ class Shard:
         control_sock: socket.socket | None,
         app: App | None,
         handoff_sock: socket.socket | None = None,
+        load_table: LoadTable | None = None,
     ) -> None:
         self.config = config
         self.server = config.server
@@ -97,6 +100,8 @@ class Shard:
         self._handoff_std = handoff_sock
         self._handoff: trio.socket.SocketType | None = None
         self.timers = Timers(config.index)
+        self._load_table = load_table if self.server.balance_accept else None
+        self._live = 0  # connections accepted or received and not yet finished
         self.connections: dict[int, Connection] = {}
         self.host: SessionHost | None = None
         if app is not None:
@@ -161,6 +166,7 @@ class Shard:
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         with self._accept_scope:
             while True:
+                await self._yield_if_busiest()
                 try:
                     stream = await listener.accept()
                 except OSError as exc:
@@ -171,7 +177,31 @@ class Shard:
                         continue
                     raise
                 self.stats["accepted"] += 1
-                nursery.start_soon(self._route, stream)
+                nursery.start_soon(self._counted, self._route, stream)
+
+    async def _yield_if_busiest(self) -> None:
+        """Let siblings take the next connection while this shard is well above the mean."""
+        table = self._load_table
+        if table is None:
+            return
+        waited = 0.0
+        while waited < balance.MAX_PAUSE and balance.should_yield(self._live, table.loads()):
+            await trio.sleep(balance.PAUSE)
+            waited += balance.PAUSE
+
+    async def _counted(
+        self, serve: Callable[[trio.SocketStream], Any], stream: trio.SocketStream
+    ) -> None:
+        self._set_live(+1)
+        try:
+            await serve(stream)
+        finally:
+            self._set_live(-1)
+
+    def _set_live(self, delta: int) -> None:
+        self._live += delta
+        if self._load_table is not None and not self._draining:
+            self._load_table.set(self.shard_index, self._live)
 
     async def _signal_loop(self) -> None:
         # Ctrl-C reaches the whole process group: the supervisor conducts the shutdown,
@@ -200,6 +230,8 @@ class Shard:
         if self._draining:
             return
         self._draining = True
+        if self._load_table is not None:
+            self._load_table.set(self.shard_index, 0)  # the replacement publishes this slot
         started = trio.current_time()
         self._accept_scope.cancel()
         if evacuate and self.host is not None:
@@ -346,7 +378,7 @@ class Shard:
                 continue
             sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0]))
             self.stats["routed_in"] = self.stats.get("routed_in", 0) + 1
-            nursery.start_soon(self._serve, trio.SocketStream(sock))
+            nursery.start_soon(self._counted, self._serve, trio.SocketStream(sock))
 
     async def _load_reports(self) -> None:
         while True:

@@ -45,6 +45,7 @@ from core.control import (
 )
 from core.directory import InMemoryDirectory, SessionDirectory
 from core.tokens import load_or_create_secret
+from shards.load_table import LoadTable
 from shards.log import log
 from shards.routing import receive_connection, send_connection
 from supervisor import control_socket
@@ -130,6 +131,8 @@ class Supervisor:
         # Create the shared token secret before any shard races to do it.
         load_or_create_secret(self.config.secret_file)
         self.sock = self._bind()
+        # One connection counter per slot, shared by the shards for load-aware accepting.
+        self.load_table, self.load_fd = LoadTable.create(self.config.shards)
         host, port = self.sock.getsockname()[:2]
         self.port = port
         self.started_at = trio.current_time()
@@ -400,11 +403,18 @@ class Supervisor:
             str(child_end.fileno()),
             "--handoff-fd",
             str(handoff_child.fileno()),
+            "--load-fd",
+            str(self.load_fd),
         ]
         try:
             process = await trio.lowlevel.open_process(
                 cmd,
-                pass_fds=(self.sock.fileno(), child_end.fileno(), handoff_child.fileno()),
+                pass_fds=(
+                    self.sock.fileno(),
+                    child_end.fileno(),
+                    handoff_child.fileno(),
+                    self.load_fd,
+                ),
                 stdin=subprocess.DEVNULL,
             )
         finally:

@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"{d.reconnect_window_ms})",
     )
     p.add_argument(
+        "--no-accept-balancing",
+        action="store_true",
+        help="let the kernel alone pick which shard accepts (for measuring its skew)",
+    )
+    p.add_argument(
         "--control-socket",
         default=d.control_socket,
         metavar="PATH",
@@ -213,6 +218,7 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         turn_seconds=args.turn_seconds,
         ai_think_seconds=args.ai_think_seconds,
         route_resumes=not args.no_resume_routing,
+        balance_accept=not args.no_accept_balancing,
         control_socket=args.control_socket,
         reconnect_window_ms=args.reconnect_window_ms,
         gc_tuning=not args.no_gc_tuning,
