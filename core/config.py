@@ -53,6 +53,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     # Shards well above the mean connection count pause accepting for a moment
     # (core/balance.py); off only to measure the kernel's own skew.
     balance_accept: bool = True
+    # Seconds between session checkpoints to the supervisor; a shard that crashes loses
+    # at most this much of its sessions' state (resumes then say recovered + replay_gap).
+    # Cost: one msgpack snapshot of each changed session per interval.
+    checkpoint_interval: float = 1.0
     # Unix socket for `python -m supervisor status|reload` (0600).
     control_socket: str = ".ws-supervisor.sock"
     # Freeze the start-up heap and raise GC thresholds in shards (see shards.__main__).

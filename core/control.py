@@ -82,6 +82,7 @@ class Handoff(_Control, tag="handoff", kw_only=True):
     snapshot: SessionSnapshot | None
     applied_bseq: int = 0
     error: str | None = None  # "invalid" | "expired" when refused
+    recovered: bool = False  # from a checkpoint of a shard that died, not from a live holder
 
 
 class Drain(_Control, tag="drain", kw_only=True):
@@ -117,6 +118,14 @@ class Adopt(_Control, tag="adopt", kw_only=True):
     app_state: bytes | None
     sessions: list[SessionSnapshot]
     applied_bseq: int
+
+
+class Checkpoint(_Control, tag="checkpoint", kw_only=True):
+    """Shard -> supervisor, every checkpoint interval: sessions changed since the last one
+    (their replay buffer cut to the newest messages). A shard that dies leaves these."""
+
+    shard: int
+    sessions: list[SessionSnapshot]
 
 
 class SessionResumed(_Control, tag="session_resumed", kw_only=True):
@@ -182,6 +191,7 @@ ControlMessage = (
     | Evacuate
     | Adopt
     | SessionResumed
+    | Checkpoint
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -88,6 +88,7 @@ class Welcome(_ServerMessage, tag="welcome", kw_only=True):
     last_cseq: int
     resume_error: str | None = None  # "invalid" | "expired": a resume failed, new session
     replay_gap: bool = False  # resumed, but older missed messages were no longer buffered
+    recovered: bool = False  # resumed from a checkpoint after a shard crash: see replay_gap
 
 
 class HeartbeatAck(_ServerMessage, tag="heartbeat_ack", kw_only=True):

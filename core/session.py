@@ -197,6 +197,35 @@ class Session:
         replay = [entry for entry in self._buffer if entry[0] > last_seq]
         return ResumePlan(replay=replay, gap=gap)
 
+    def recover(self, epoch: int, last_seq: int, now: float) -> ResumePlan:
+        """Resume a session restored from a crashed shard's checkpoint.
+
+        The checkpoint may be up to one interval old: the client may hold a newer token
+        (epoch) and have seen messages beyond ``last_seq``. Its genuine token is accepted
+        if not older than the checkpoint's previous one; ``seq`` continues after the
+        client's ``last_seq``; the plan always reports a gap (what happened after the
+        checkpoint is unknown), so the app sends a full snapshot.
+        """
+        if self.state in (SessionState.EXPIRED, SessionState.LEFT):
+            raise SessionStateError(f"session {self.id} is {self.state}")
+        if epoch < self.epoch - 1:
+            raise ValueError("token older than the checkpoint")
+        self.epoch = max(self.epoch, epoch)
+        self.state = SessionState.CONNECTED
+        self.away_since = None
+        self.away_reason = None
+        replay = [entry for entry in self._buffer if entry[0] > last_seq]
+        if last_seq > self.last_seq:
+            self.last_seq = last_seq
+        return ResumePlan(replay=replay, gap=True)
+
+    def snapshot_tail(self, keep: int) -> SessionSnapshot:
+        """A snapshot with only the newest ``keep`` buffered messages (for checkpoints)."""
+        snap = self.snapshot()
+        if len(snap.buffer) > keep:
+            snap.buffer = snap.buffer[-keep:]
+        return snap
+
     def expire(self, now: float) -> None:
         if not self.expired(now):
             raise SessionStateError(f"session {self.id} is not past its grace window")

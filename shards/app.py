@@ -156,6 +156,9 @@ class DemoApp:
     def on_back(self, session: Session, gap: bool) -> None:
         room = self.rooms.get(session.room or "")
         if room is None:
+            # The room's game died with a crashed shard (games are not checkpointed):
+            # seat the player in a fresh one.
+            self.on_connect(session)
             return
         room.members[session.id] = session
         if room.game.set_away(session.id, False):

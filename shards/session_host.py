@@ -25,6 +25,7 @@ from core.close_codes import CloseCode, Disconnect, DisconnectKind
 from core.control import (
     Adopt,
     Broadcast,
+    Checkpoint,
     Claim,
     ControlMessage,
     Evacuate,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from shards.app import App
     from shards.connection import Connection
 
+CHECKPOINT_TAIL = 256  # newest buffered messages kept in a checkpoint
 EVACUATE_BATCH = 200  # lobby sessions per Evacuate frame (keeps control frames small)
 BROADCAST_LOG = 4096  # broadcasts remembered to bring a session arriving by hand-off up to date
 
@@ -61,6 +63,7 @@ class Opened:
     session: Session
     plan: ResumePlan | None  # None for a new session
     resume_error: str | None
+    recovered: bool = False  # restored from a crashed shard's checkpoint
 
 
 class _PendingFetch:
@@ -96,7 +99,11 @@ class SessionHost:
         self.bseq = 0
         self._blog: deque[tuple[int, Said | UserLeft]] = deque(maxlen=BROADCAST_LOG)
         self._skip_until: dict[str, int] = {}  # arrived by hand-off: already has these bseqs
-        self._gap: set[str] = set()  # arrived by hand-off with broadcasts we no longer know
+        self._gap: set[str] = set()
+        self._recovered: set[str] = set()  # restored from a checkpoint, not yet resumed
+        self._checkpointed: dict[
+            str, tuple[object, ...]
+        ] = {}  # arrived by hand-off with broadcasts we no longer know
         self._fetches: dict[int, _PendingFetch] = {}
         self._next_request = 0
         self.stats = {"resumed": 0, "resume_invalid": 0, "resume_expired": 0, "replayed": 0}
@@ -128,8 +135,13 @@ class SessionHost:
             session = session or self.sessions.get(claims.session_id)
             if session is None:
                 return self._failed_resume(error or "expired", "not found", room)
+        recovered = session.id in self._recovered
         try:
-            plan = session.resume(claims.epoch, last_seq, time.monotonic())
+            if recovered:
+                plan = session.recover(claims.epoch, last_seq, time.monotonic())
+                self._recovered.discard(session.id)
+            else:
+                plan = session.resume(claims.epoch, last_seq, time.monotonic())
         except ValueError as exc:
             return self._failed_resume("invalid", str(exc), room)
         except SessionStateError as exc:
@@ -144,7 +156,7 @@ class SessionHost:
             old.replaced = True
             old.close(CloseCode.SESSION_REPLACED, "session resumed by a newer connection")
         self.stats["resumed"] += 1
-        return Opened(session, plan, None)
+        return Opened(session, plan, None, recovered)
 
     def _new_session(self, room: str | None) -> Session:
         session = Session(grace=self.config.grace, buffer_size=self.config.replay_buffer, room=room)
@@ -196,6 +208,7 @@ class SessionHost:
                     last_cseq=session.last_cseq,
                     resume_error=opened.resume_error,
                     replay_gap=bool(plan and plan.gap),
+                    recovered=opened.recovered,
                 )
             )
         )
@@ -375,7 +388,13 @@ class SessionHost:
                 pending.error = handoff.error or "expired"
                 pending.done.set()
             return
-        session = self._arrive(handoff.snapshot, handoff.applied_bseq)
+        session = self._arrive(
+            handoff.snapshot, handoff.applied_bseq, catch_up=not handoff.recovered
+        )
+        if handoff.recovered:
+            # What its crashed holder sent after the checkpoint is unknown: the resume
+            # continues after the client's last_seq and reports a gap (Session.recover).
+            self._recovered.add(session.id)
         log(
             "handoff_in",
             shard=self.shard_index,
@@ -389,7 +408,9 @@ class SessionHost:
         pending.session = session
         pending.done.set()
 
-    def _arrive(self, snapshot: SessionSnapshot, applied_bseq: int) -> Session:
+    def _arrive(
+        self, snapshot: SessionSnapshot, applied_bseq: int, catch_up: bool = True
+    ) -> Session:
         """Hold a session that comes from another shard, caught up with the broadcasts this
         shard applied that its old holder had not (or told to skip those it already has)."""
         session = Session.restore(snapshot)
@@ -400,6 +421,8 @@ class SessionHost:
         assert deadline is not None
         self._hold(session)
         self._schedule_expiry(deadline, session.id)
+        if not catch_up:
+            return session
         if applied_bseq < self.bseq:
             missing = [(b, m) for b, m in self._blog if b > applied_bseq]
             if not missing or missing[0][0] != applied_bseq + 1:
@@ -409,6 +432,35 @@ class SessionHost:
         elif applied_bseq > self.bseq:
             self._skip_until[session.id] = applied_bseq
         return session
+
+    # ================================================================== crash recovery
+    async def checkpoint_loop(self, interval: float) -> None:
+        """Every ``interval``: snapshots of the sessions that changed, to the supervisor."""
+        while True:
+            await trio.sleep(interval)
+            changed = []
+            for session in self.sessions.values():
+                mark = (
+                    session.state,
+                    session.epoch,
+                    session.last_seq,
+                    session.last_cseq,
+                    session.token_confirmed,
+                    session.away_since,
+                )
+                if self._checkpointed.get(session.id) != mark:
+                    self._checkpointed[session.id] = mark
+                    changed.append(session)
+            for gone in [sid for sid in self._checkpointed if sid not in self.sessions]:
+                del self._checkpointed[gone]
+            for start in range(0, len(changed), EVACUATE_BATCH):
+                batch = changed[start : start + EVACUATE_BATCH]
+                self._send_control(
+                    Checkpoint(
+                        shard=self.shard_index,
+                        sessions=[s.snapshot_tail(CHECKPOINT_TAIL) for s in batch],
+                    )
+                )
 
     # ================================================================== rolling restart
     def evacuate(self) -> list[Evacuate]:

@@ -129,6 +129,8 @@ class Shard:
                 nursery.start_soon(self.timers.run)
             if self._control_sock is not None:
                 nursery.start_soon(self._load_reports)
+                if self.host is not None:
+                    nursery.start_soon(self.host.checkpoint_loop, self.server.checkpoint_interval)
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._signal_loop)
             if self._control_sock is not None:

@@ -24,6 +24,7 @@ from core.config import ServerConfig, ShardConfig
 from core.control import (
     Adopt,
     Broadcast,
+    Checkpoint,
     Claim,
     ControlFrameError,
     ControlMessage,
@@ -44,6 +45,7 @@ from core.control import (
     encode_frame,
 )
 from core.directory import InMemoryDirectory, SessionDirectory
+from core.session import SessionSnapshot
 from core.tokens import load_or_create_secret
 from shards.load_table import LoadTable
 from shards.log import log
@@ -124,7 +126,11 @@ class Supervisor:
         self._next_request = 0
         self._returned = trio.Event()
         self._evacuated = 0
-        self._released: dict[str, int] = {}  # room -> generation that released it, lingering
+        self._released: dict[str, int] = {}
+        # session -> (generation that checkpointed it, snapshot): what survives a crash
+        self.checkpoints: dict[
+            str, tuple[int, SessionSnapshot]
+        ] = {}  # room -> generation that released it, lingering
 
     # ================================================================== main loop
     async def run(self) -> int:
@@ -242,6 +248,7 @@ class Supervisor:
             "rolling": self.rolling,
             "stopping": self.stopping,
             "uptime_s": round(now - self.started_at, 1),
+            "checkpointed_sessions": len(self.checkpoints),
             "shards": shards,
         }
 
@@ -438,7 +445,15 @@ class Supervisor:
         self.processes.pop(handle.generation, None)
         lost = self.directory.drop_shard(handle.generation)
         if lost and not self.stopping:
-            log("sessions_lost", shard=handle.index, pid=handle.pid, count=len(lost))
+            kept = sum(1 for sid in lost if sid in self.checkpoints)
+            log(
+                "sessions_orphaned",
+                shard=handle.index,
+                pid=handle.pid,
+                count=len(lost),
+                checkpointed=kept,
+            )
+            self._nursery.start_soon(self._forget_orphans, handle.generation)
         handle.exited.set()
         handle.handoff.close()
         with trio.move_on_after(1):
@@ -601,6 +616,7 @@ class Supervisor:
                             snapshot=answer.snapshot,
                             applied_bseq=answer.applied_bseq,
                             error=answer.error,
+                            recovered=answer.recovered,
                         )
                     )
                 )
@@ -615,13 +631,37 @@ class Supervisor:
             if not lock.statistics().tasks_waiting and not lock.locked():
                 self._session_locks.pop(fetch.session, None)
 
+    async def _forget_orphans(self, generation: int) -> None:
+        """Checkpoints of a dead shard are worth keeping for one grace window."""
+        await trio.sleep(self.config.grace)
+        for sid in [s for s, (gen, _) in self.checkpoints.items() if gen == generation]:
+            del self.checkpoints[sid]
+
+    def _from_checkpoint(self, fetch: Fetch) -> Handoff | None:
+        """A session whose shard died: its last checkpoint, marked as recovered."""
+        entry = self.checkpoints.get(fetch.session)
+        if entry is None or entry[0] in self.processes:
+            return None
+        del self.checkpoints[fetch.session]
+        log(
+            "session_recovered",
+            session=fetch.session,
+            from_generation=entry[0],
+            last_seq=entry[1].last_seq,
+        )
+        return Handoff(
+            request=fetch.request, session=fetch.session, snapshot=entry[1], recovered=True
+        )
+
     async def _surrender_from_holder(self, requester: ShardHandle, fetch: Fetch) -> Handoff:
         refused = Handoff(
             request=fetch.request, session=fetch.session, snapshot=None, error="expired"
         )
         owner = self.directory.owner_of(fetch.session)
         holder = self.processes.get(owner) if owner is not None else None
-        if holder is None or holder is requester or holder.exited.is_set():
+        if holder is None or holder.exited.is_set():
+            return self._from_checkpoint(fetch) or refused
+        if holder is requester:
             return refused
         self._next_request += 1
         request = self._next_request
@@ -654,6 +694,11 @@ class Supervisor:
             self.directory.claim(message.session, handle.generation)
         elif isinstance(message, Release):
             self.directory.release(message.session, handle.generation)
+            self.checkpoints.pop(message.session, None)
+        elif isinstance(message, Checkpoint):
+            for snap in message.sessions:
+                if self.directory.owner_of(snap.id) == handle.generation:
+                    self.checkpoints[snap.id] = (handle.generation, snap)
         elif isinstance(message, Load):
             handle.load = message
             handle.placed_since_load = 0

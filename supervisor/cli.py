@@ -179,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the kernel alone pick which shard accepts (for measuring its skew)",
     )
     p.add_argument(
+        "--checkpoint-interval",
+        type=_positive,
+        default=d.checkpoint_interval,
+        metavar="S",
+        help=f"seconds between session checkpoints; a crashed shard's players resume from "
+        f"the last one (default {d.checkpoint_interval:g})",
+    )
+    p.add_argument(
         "--control-socket",
         default=d.control_socket,
         metavar="PATH",
@@ -218,6 +226,7 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         turn_seconds=args.turn_seconds,
         ai_think_seconds=args.ai_think_seconds,
         route_resumes=not args.no_resume_routing,
+        checkpoint_interval=args.checkpoint_interval,
         balance_accept=not args.no_accept_balancing,
         control_socket=args.control_socket,
         reconnect_window_ms=args.reconnect_window_ms,

@@ -197,3 +197,58 @@ async def test_status_shows_every_shard_and_reload_rolls_them() -> None:
         after = json.loads((await trio.to_thread.run_sync(run, "status", "--json")).stdout)
         assert {s["pid"] for s in after["shards"]}.isdisjoint({s["pid"] for s in status["shards"]})
         assert len(after["shards"]) == 3
+
+
+async def test_a_crashed_shards_player_resumes_from_the_checkpoint_and_is_told_so() -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, RawClient, resume_path
+
+    async with open_server("--checkpoint-interval", "0.2", shards=2) as server:
+
+        def status() -> dict[str, object]:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "supervisor",
+                    "status",
+                    "--json",
+                    "--control-socket",
+                    server.control_socket,
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+            return json.loads(out)
+
+        player = await RawClient.connect(server.port)
+        welcome = await player.receive()
+        other = await RawClient.connect(server.port)
+        await other.receive()
+        for i in range(3):
+            await other.send({"type": "say", "text": f"before crash {i}"})
+        last_seq = 0
+        while last_seq < 3:
+            last_seq = (await player.receive_until("said"))["seq"]
+        with trio.fail_after(20):
+            while int(str((await trio.to_thread.run_sync(status))["checkpointed_sessions"])) < 2:
+                await trio.sleep(0.1)
+        mark = len(server.log.lines)
+        os.kill(server.shard_pids()[welcome["shard"]], signal.SIGKILL)
+        await server.log.wait_for("shard_ready", shard=welcome["shard"], after=mark)
+        back = await RawClient.connect(server.port, resume_path(welcome, last_seq))
+        again = await back.receive()
+        assert again["session"] == welcome["session"], again
+        assert again["resumed"] is True and again["recovered"] is True
+        assert again["replay_gap"] is True  # what followed the checkpoint is unknown
+        await server.log.wait_for("session_recovered", session=welcome["session"])
+        # The stream goes on after what the client had seen: no seq is reused.
+        await back.send({"type": "echo", "data": "alive"})
+        echo = await back.receive_until("echo")
+        assert echo["seq"] > last_seq
