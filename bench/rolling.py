@@ -17,25 +17,12 @@ import time
 
 import trio
 
-from tests.supervisor.rolling_harness import Crowd, Player, paths, run_crowd
+from tests.supervisor.rolling_harness import ROLL_ARGS, Crowd, Player, paths, run_crowd
 from tests.support import open_server
-
-ARGS = (
-    "--reconnect-after-ms",
-    "100",
-    "--reconnect-window-ms",
-    "2000",
-    "--drain-timeout",
-    "10",
-    "--heartbeat-interval",
-    "1",
-    "--heartbeat-timeout",
-    "2",
-)
 
 
 async def roll(players: int, shards: int) -> dict[str, object]:
-    async with open_server(*ARGS, shards=shards, echo_logs=False) as server:
+    async with open_server(*ROLL_ARGS, shards=shards, echo_logs=False) as server:
         crowd = Crowd([Player(i, p) for i, p in enumerate(paths(players, rooms=10, per_room=10))])
         before = set(server.shard_pids().values())
         marks: dict[str, float] = {}

@@ -362,8 +362,7 @@ class SessionHost:
             old.session = None
             old.replaced = True
             old.close(CloseCode.SESSION_REPLACED, "session resumed on another shard")
-        del self.sessions[session.id]
-        self._skip_until.pop(session.id, None)
+        self._unhold(session)
         log(
             "handoff_out",
             shard=self.shard_index,

@@ -106,6 +106,28 @@ class ServerProcess:
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
 
+    async def command(self, *args: str) -> str:
+        """``python -m supervisor <args>`` against this supervisor's control socket."""
+
+        def run() -> str:
+            return subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "supervisor",
+                    *args,
+                    "--control-socket",
+                    self.control_socket,
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+
+        return await trio.to_thread.run_sync(run)
+
 
 def pid_alive(pid: int) -> bool:
     try:

@@ -19,6 +19,21 @@ import trio
 from client import Backoff, Connected, Message, Resumed, SessionLost, open_reconnecting_client
 from tests.support import ServerProcess
 
+# A rolling restart that fits a test: quick reconnect hints, a 2 s close window, short
+# drains, sub-second heartbeats.
+ROLL_ARGS = (
+    "--reconnect-after-ms",
+    "100",
+    "--reconnect-window-ms",
+    "2000",
+    "--drain-timeout",
+    "10",
+    "--heartbeat-interval",
+    "1",
+    "--heartbeat-timeout",
+    "2",
+)
+
 
 @dataclass
 class Player:

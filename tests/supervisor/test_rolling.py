@@ -10,23 +10,10 @@ from collections import Counter
 import pytest
 import trio
 
-from tests.supervisor.rolling_harness import Crowd, Player, paths, run_crowd
+from tests.supervisor.rolling_harness import ROLL_ARGS, Crowd, Player, paths, run_crowd
 from tests.support import open_server
 
 pytestmark = pytest.mark.timeout(300)
-
-ROLL_ARGS = (
-    "--reconnect-after-ms",
-    "100",
-    "--reconnect-window-ms",
-    "2000",
-    "--drain-timeout",
-    "10",
-    "--heartbeat-interval",
-    "1",
-    "--heartbeat-timeout",
-    "2",
-)
 
 
 @pytest.mark.parametrize("players", [200])
@@ -161,72 +148,29 @@ async def test_a_replacement_that_crashes_at_start_aborts_the_roll_and_keeps_fou
 
 async def test_status_shows_every_shard_and_reload_rolls_them() -> None:
     import json
-    import subprocess
-    import sys
 
-    from tests.support import ROOT
 
     async with open_server(*ROLL_ARGS, shards=3) as server:
-
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "supervisor",
-                    *args,
-                    "--control-socket",
-                    server.control_socket,
-                ],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            )
-
-        status = json.loads((await trio.to_thread.run_sync(run, "status", "--json")).stdout)
+        status = json.loads(await server.command("status", "--json"))
         assert [s["shard"] for s in status["shards"]] == [0, 1, 2]
         assert {s["pid"] for s in status["shards"]} == set(server.shard_pids().values())
         assert all(s["state"] == "ready" for s in status["shards"])
-        table = (await trio.to_thread.run_sync(run, "status")).stdout
+        table = await server.command("status")
         assert "generation" in table or "gen" in table
-        reply = json.loads((await trio.to_thread.run_sync(run, "reload")).stdout)
+        reply = json.loads(await server.command("reload"))
         assert reply == {"reload": "started"}
         await server.log.wait_for("roll_done", timeout=60)
-        after = json.loads((await trio.to_thread.run_sync(run, "status", "--json")).stdout)
+        after = json.loads(await server.command("status", "--json"))
         assert {s["pid"] for s in after["shards"]}.isdisjoint({s["pid"] for s in status["shards"]})
         assert len(after["shards"]) == 3
 
 
 async def test_a_crashed_shards_player_resumes_from_the_checkpoint_and_is_told_so() -> None:
     import json
-    import subprocess
-    import sys
 
-    from tests.support import ROOT, RawClient, resume_path
+    from tests.support import RawClient, resume_path
 
     async with open_server("--checkpoint-interval", "0.2", shards=2) as server:
-
-        def status() -> dict[str, object]:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "supervisor",
-                    "status",
-                    "--json",
-                    "--control-socket",
-                    server.control_socket,
-                ],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout
-            return json.loads(out)
-
         player = await RawClient.connect(server.port)
         welcome = await player.receive()
         other = await RawClient.connect(server.port)
@@ -237,7 +181,7 @@ async def test_a_crashed_shards_player_resumes_from_the_checkpoint_and_is_told_s
         while last_seq < 3:
             last_seq = (await player.receive_until("said"))["seq"]
         with trio.fail_after(20):
-            while int(str((await trio.to_thread.run_sync(status))["checkpointed_sessions"])) < 2:
+            while json.loads(await server.command("status", "--json"))["checkpointed_sessions"] < 2:
                 await trio.sleep(0.1)
         mark = len(server.log.lines)
         os.kill(server.shard_pids()[welcome["shard"]], signal.SIGKILL)
