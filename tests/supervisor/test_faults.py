@@ -8,8 +8,8 @@ import signal
 import pytest
 import trio
 
-from tests.support import open_server
 from tests.supervisor.rolling_harness import Crowd, Player, run_crowd
+from tests.support import open_server
 
 pytestmark = pytest.mark.timeout(180)
 
