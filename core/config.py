@@ -59,6 +59,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     checkpoint_interval: float = 1.0
     # Unix socket for `python -m supervisor status|reload` (0600).
     control_socket: str = ".ws-supervisor.sock"
+    # Serve /metrics (Prometheus) and /status (JSON) over HTTP on host:metrics_port (0 = any
+    # free port, logged as metrics_ready); None = no metrics server.
+    metrics_port: int | None = None
     # Freeze the start-up heap and raise GC thresholds in shards (see shards.__main__).
     gc_tuning: bool = True
 

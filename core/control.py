@@ -143,13 +143,28 @@ class Drained(_Control, tag="drained", kw_only=True):
     forced: int
 
 
+# Upper bounds (seconds) of the GC pause histogram buckets in ``Load.gc_pause_buckets``
+# (a last, +Inf bucket follows). Changing them needs a full restart, not a rolling one.
+GC_PAUSE_BOUNDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
 class Load(_Control, tag="load", kw_only=True):
-    """Shard -> supervisor, every second: what it carries (placement, status, metrics)."""
+    """Shard -> supervisor, every second: what it carries (placement, status, metrics).
+
+    The fields after ``rooms`` are optional so old and new shards and supervisors
+    interoperate; they are totals since the shard started (``shards/stats.py``).
+    """
 
     shard: int
     connections: int
     sessions: int
     rooms: int
+    sessions_away: int = 0  # of ``sessions``, those without a connection (grace running)
+    # "name" or "name|label value|...": the keys are listed in shards/stats.py
+    counters: dict[str, float] = {}
+    # per GC generation: collections per GC_PAUSE_BOUNDS bucket (not cumulative, +Inf last)
+    gc_pause_buckets: list[list[int]] = []
+    gc_pause_sum: list[float] = []  # per GC generation: seconds paused in total
 
 
 class RoomHosted(_Control, tag="room_hosted", kw_only=True):

@@ -17,6 +17,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from core.close_codes import CloseCode, Disconnect, How, classify
 from core.protocol import Codec
+from shards import stats
 
 if TYPE_CHECKING:
     from core.session import Session
@@ -80,6 +81,7 @@ class Connection:
             return False
         except trio.ClosedResourceError:
             return False
+        stats.count_out()
         return True
 
     def ping(self) -> None:

@@ -222,6 +222,7 @@ class SessionHost:
                 session=session.id,
                 replayed=len(plan.replay),
                 gap=plan.gap,
+                recovered=opened.recovered,
                 last_seq=session.last_seq,
                 last_cseq=session.last_cseq,
             )

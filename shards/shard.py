@@ -54,6 +54,7 @@ from core.protocol import (
 )
 from core.session import Session
 from core.tokens import TokenSigner, load_or_create_secret
+from shards import stats as shard_stats
 from shards.activity import ActivityStream
 from shards.app import App
 from shards.connection import Connection, duration
@@ -111,6 +112,9 @@ class Shard:
                 self.shard_index, self.server, signer, app, self.heartbeat_info, control
             )
         self._control_send, self._control_recv = trio.open_memory_channel[bytes](math.inf)
+        self._control_queued = 0
+        self._control_sent = 0
+        self._control_flushed = trio.Event()
         self._accept_scope = trio.CancelScope()
         self._all_closed = trio.Event()
         self._draining = False
@@ -281,10 +285,13 @@ class Shard:
             duration_s=trio.current_time() - started,
         )
         self._control(Drained(shard=self.shard_index, closed=len(conns) - forced, forced=forced))
-        # Let the control writer flush the Drained frame before the process ends.
+        # Let the control writer put Drained (and everything before it) on the wire before
+        # the process ends: wait for its count of sent frames, not for an empty buffer (an
+        # idle writer takes a frame straight from send_nowait, leaving the buffer empty).
         with trio.move_on_after(1):
-            while self._control_send.statistics().current_buffer_used:
-                await trio.sleep(0.01)
+            while self._control_sent < self._control_queued:
+                self._control_flushed = trio.Event()
+                await self._control_flushed.wait()
         self._done.set()
 
     def _tell_to_leave(self, conn: Connection, reason: str, reconnect_after_ms: int) -> None:
@@ -383,15 +390,21 @@ class Shard:
             nursery.start_soon(self._counted, self._serve, trio.SocketStream(sock))
 
     async def _load_reports(self) -> None:
-        while True:
+        def report() -> None:
             self._control(
                 Load(
                     shard=self.shard_index,
                     connections=len(self.connections),
                     sessions=len(self.host.sessions) if self.host else 0,
                     rooms=len(self.host.rooms) if self.host else 0,
+                    **stats.report(self.host),
                 )
             )
+
+        # Counts for the supervisor's /metrics; a drain reports at once (before Drained).
+        stats = shard_stats.install(self.host, report)
+        while True:
+            report()
             await trio.sleep(LOAD_REPORT_INTERVAL)
 
     async def _serve(self, raw: trio.SocketStream) -> None:
@@ -474,6 +487,7 @@ class Shard:
                 frame = await conn.ws.get_message()
             except ConnectionClosed:
                 return
+            shard_stats.count_in()
             try:
                 message = conn.codec.decode(frame)
             except ProtocolError as exc:
@@ -576,6 +590,7 @@ class Shard:
     def _control(self, message: ControlMessage) -> None:
         if self._control_sock is not None:
             self._control_send.send_nowait(encode_frame(message))
+            self._control_queued += 1
 
     async def _control_writer(self, stream: trio.SocketStream) -> None:
         async for frame in self._control_recv:
@@ -583,6 +598,8 @@ class Shard:
                 await stream.send_all(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
+            self._control_sent += 1
+            self._control_flushed.set()
 
     async def _control_reader(self, stream: trio.SocketStream) -> None:
         reader = FrameReader()

@@ -50,7 +50,7 @@ from core.tokens import load_or_create_secret
 from shards.load_table import LoadTable
 from shards.log import log
 from shards.routing import receive_connection, send_connection
-from supervisor import control_socket
+from supervisor import control_socket, metrics
 
 RELAY_QUEUE = 10_000  # control frames queued per shard before relays to it are dropped
 STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
@@ -127,6 +127,7 @@ class Supervisor:
         self._returned = trio.Event()
         self._evacuated = 0
         self._released: dict[str, int] = {}
+        self.metrics = metrics.Metrics()  # exited shards' counters: /metrics never go back
         # session -> (generation that checkpointed it, snapshot): what survives a crash
         self.checkpoints: dict[
             str, tuple[int, SessionSnapshot]
@@ -151,6 +152,8 @@ class Supervisor:
                     nursery.start_soon(
                         control_socket.serve, control_sock, self.status, self.request_reload
                     )
+                    if self.config.metrics_port is not None:
+                        await nursery.start(metrics.serve, self)
                     first_start = []
                     for index in range(self.config.shards):
                         started = trio.Event()
@@ -443,6 +446,7 @@ class Supervisor:
     async def _watch(self, handle: ShardHandle) -> None:
         await handle.process.wait()
         self.processes.pop(handle.generation, None)
+        self.metrics.retire(handle)
         lost = self.directory.drop_shard(handle.generation)
         if lost and not self.stopping:
             kept = sum(1 for sid in lost if sid in self.checkpoints)

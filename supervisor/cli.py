@@ -193,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Unix socket for `python -m supervisor status|reload` (default {d.control_socket})",
     )
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=d.metrics_port,
+        metavar="P",
+        help="serve /metrics (Prometheus text) and /status (JSON) on --host:P "
+        "(0 = any free port, logged as metrics_ready; default: off)",
+    )
+    p.add_argument(
         "--no-gc-tuning",
         action="store_true",
         help="keep CPython's default GC settings in shards (for benchmarking)",
@@ -207,6 +215,8 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         parser.error("--shards must be at least 1")
     if args.replay_buffer < 1:
         parser.error("--replay-buffer must be at least 1")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error("--metrics-port must be 0-65535")
     policy = resolve(args.heartbeat, args.heartbeat_interval, args.heartbeat_timeout)
     return ServerConfig(
         host=args.host,
@@ -231,4 +241,5 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         control_socket=args.control_socket,
         reconnect_window_ms=args.reconnect_window_ms,
         gc_tuning=not args.no_gc_tuning,
+        metrics_port=args.metrics_port,
     )

@@ -1,0 +1,391 @@
+"""The supervisor's metrics: ``/metrics`` (Prometheus text) and ``/status`` (JSON) over HTTP.
+
+Every shard reports totals since it started in its ``Load`` frame each second
+(``shards/stats.py``). The supervisor keeps the latest report of each shard process
+(``ShardHandle.load``); when a shard exits, its last report is added to a per-slot
+*retired* total, so a counter labelled ``shard="3"`` keeps growing across respawns and
+rolling restarts and never goes backwards (what a shard counted after its last report,
+at most a second's worth, is lost with a crash). The supervisor also counts a few of its
+own events (rolling restarts, shard exits).
+
+The HTTP side is a tiny HTTP/1.1 responder on ``trio.serve_tcp``: one request per
+connection (request line and headers at most ``MAX_REQUEST`` bytes, within
+``REQUEST_TIMEOUT``), then the answer and a close. ``GET /metrics``, ``GET /status``;
+anything else is 404 (405 for another method, 400 for garbage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+from core.control import GC_PAUSE_BOUNDS, Load
+from shards import log as shard_log
+from shards.log import log
+
+if TYPE_CHECKING:
+    from supervisor.arbiter import ShardHandle, Supervisor
+
+MAX_REQUEST = 8192  # bytes of request line + headers
+REQUEST_TIMEOUT = 5.0  # seconds to send the request, and again to take the answer
+LATE_REPORTS = 5.0  # seconds an exited shard's last frames may still be read after its exit
+
+# Load.counters key prefix -> (metric name, help, label names after "shard")
+COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "disconnect": (
+        "ws_disconnects",
+        "Closed connections by disconnect kind and close code.",
+        ("kind", "code"),
+    ),
+    "heartbeat_timeout": (
+        "ws_heartbeat_timeouts",
+        "Connections closed because the client was silent past the heartbeat timeout.",
+        (),
+    ),
+    "resume": (
+        "ws_resumes",
+        "Resume attempts by result: ok, recovered (from a crashed shard's checkpoint), "
+        "invalid, expired.",
+        ("result",),
+    ),
+    "replayed": ("ws_replayed_messages", "Stream messages replayed to resuming clients.", ()),
+    "session_expired": (
+        "ws_sessions_expired",
+        "Away sessions that ended because their grace window ran out.",
+        (),
+    ),
+    "messages_in": ("ws_messages_in", "Data frames received from clients in sessions.", ()),
+    "messages_out": ("ws_messages_out", "Data frames queued to clients.", ()),
+    "rejected": (
+        "ws_rejected",
+        "Rejected requests and connections by reason: http_STATUS (bad request line, "
+        "unknown path), handshake_failed, bad_message.",
+        ("reason",),
+    ),
+    "drain": ("ws_drains", "Shard drains finished (shutdown, rolling restart).", ()),
+    "routed": (
+        "ws_routed_connections",
+        "Connections passed to the shard owning their room or session.",
+        (),
+    ),
+    "app_error": ("ws_app_errors", "App callbacks that raised.", ()),
+}
+# the supervisor's own events: key -> (metric name, help, label names)
+SUPERVISOR_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "rolling_restart": (
+        "ws_rolling_restarts",
+        "Rolling restarts by result: done, aborted.",
+        ("result",),
+    ),
+    "shard_exit": (
+        "ws_shard_exits",
+        "Shard processes that exited on their own (crash, kill) and were respawned.",
+        ("shard",),
+    ),
+}
+
+
+class _SlotTotals:
+    """Counters and GC histograms of one shard slot (a sum over shard processes)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, float] = {}
+        self.gc_buckets: list[list[int]] = []
+        self.gc_sum: list[float] = []
+
+    def add(self, load: Load) -> None:
+        for key, value in load.counters.items():
+            self.counters[key] = self.counters.get(key, 0) + value
+        if any(len(b) != len(GC_PAUSE_BOUNDS) + 1 for b in load.gc_pause_buckets):
+            return  # other bucket bounds (a shard of other code): not comparable
+        for generation, buckets in enumerate(load.gc_pause_buckets):
+            while len(self.gc_buckets) <= generation:
+                self.gc_buckets.append([0] * (len(GC_PAUSE_BOUNDS) + 1))
+                self.gc_sum.append(0.0)
+            mine = self.gc_buckets[generation]
+            for i, count in enumerate(buckets):
+                mine[i] += count
+            if generation < len(load.gc_pause_sum):
+                self.gc_sum[generation] += load.gc_pause_sum[generation]
+
+    def merged(self, loads: Iterable[Load]) -> _SlotTotals:
+        out = _SlotTotals()
+        out.counters = dict(self.counters)
+        out.gc_buckets = [list(b) for b in self.gc_buckets]
+        out.gc_sum = list(self.gc_sum)
+        for load in loads:
+            out.add(load)
+        return out
+
+
+class Metrics:
+    """Totals of exited shards (per slot) and the supervisor's own event counts."""
+
+    def __init__(self) -> None:
+        self.retired: dict[int, _SlotTotals] = {}
+        self.events: dict[str, float] = {}
+        # exited handles whose last frames may still be read: (exit time, handle)
+        self._exited: list[tuple[float, ShardHandle]] = []
+
+    def retire(self, handle: ShardHandle) -> None:
+        """``handle``'s process exited: its counters now belong to the slot's past."""
+        self._fold()
+        self._exited.append((trio.current_time(), handle))
+
+    def on_log(self, event: str, fields: dict[str, Any]) -> None:
+        """A ``shards.log`` listener in the supervisor process."""
+        if event == "roll_done":
+            self._count("rolling_restart|done")
+        elif event == "roll_aborted":
+            self._count("rolling_restart|aborted")
+        elif event == "shard_exit":
+            self._count(f"shard_exit|{fields.get('shard')}")
+
+    def _count(self, key: str) -> None:
+        self.events[key] = self.events.get(key, 0) + 1
+
+    def _fold(self) -> None:
+        now = trio.current_time()
+        while self._exited and now - self._exited[0][0] > LATE_REPORTS:
+            _, handle = self._exited.pop(0)
+            if handle.load is not None:
+                self.retired.setdefault(handle.index, _SlotTotals()).add(handle.load)
+
+    def slots(self, supervisor: Supervisor) -> dict[int, _SlotTotals]:
+        """Per slot: retired totals plus the latest report of each shard process."""
+        self._fold()
+        loads: dict[int, list[Load]] = {i: [] for i in range(supervisor.config.shards)}
+        handles = [*supervisor.processes.values(), *(h for _, h in self._exited)]
+        for handle in handles:
+            if handle.load is not None:
+                loads.setdefault(handle.index, []).append(handle.load)
+        empty = _SlotTotals()
+        return {
+            slot: self.retired.get(slot, empty).merged(slot_loads)
+            for slot, slot_loads in sorted(loads.items())
+        }
+
+    def totals(self, supervisor: Supervisor) -> dict[str, float]:
+        """Every counter summed over shards: what ``/status`` adds to the status."""
+        out: dict[str, float] = {}
+        for totals in self.slots(supervisor).values():
+            for key, value in totals.counters.items():
+                out[key] = out.get(key, 0) + value
+        for key, value in self.events.items():
+            out[key] = out.get(key, 0) + value
+        return {k: int(v) if float(v).is_integer() else v for k, v in sorted(out.items())}
+
+
+class ShardCollector(Collector):
+    """A prometheus_client collector reading the supervisor's state at scrape time."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        sup = self.supervisor
+        metrics: Metrics = sup.metrics
+        slots = metrics.slots(sup)
+        yield from self._gauges(sup)
+        for prefix, (name, doc, labels) in COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=("shard", *labels))
+            for slot, totals in slots.items():
+                if not labels:
+                    family.add_metric([str(slot)], totals.counters.get(prefix, 0))
+                    continue
+                for key, value in sorted(totals.counters.items()):
+                    parts = key.split("|")
+                    if parts[0] == prefix and len(parts) == len(labels) + 1:
+                        family.add_metric([str(slot), *parts[1:]], value)
+            yield family
+        drains = SummaryMetricFamily(
+            "ws_drain_duration_seconds",
+            "How long shard drains took (shutdown, rolling restart).",
+            labels=("shard",),
+        )
+        for slot, totals in slots.items():
+            drains.add_metric(
+                [str(slot)],
+                count_value=int(totals.counters.get("drain", 0)),
+                sum_value=totals.counters.get("drain_seconds", 0.0),
+            )
+        yield drains
+        for prefix, (name, doc, labels) in SUPERVISOR_COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for key, value in sorted(metrics.events.items()):
+                parts = key.split("|")
+                if parts[0] == prefix and len(parts) == len(labels) + 1:
+                    family.add_metric(parts[1:], value)
+            yield family
+        gc_pauses = HistogramMetricFamily(
+            "ws_gc_pause_seconds",
+            "Garbage collector pauses in the shards, by GC generation.",
+            labels=("shard", "generation"),
+        )
+        for slot, totals in slots.items():
+            for generation, buckets in enumerate(totals.gc_buckets):
+                cumulative, samples = 0, []
+                for bound, count in zip((*GC_PAUSE_BOUNDS, float("inf")), buckets, strict=True):
+                    cumulative += count
+                    samples.append((floatToGoString(bound), cumulative))
+                gc_pauses.add_metric(
+                    [str(slot), str(generation)], samples, sum_value=totals.gc_sum[generation]
+                )
+        yield gc_pauses
+
+    @staticmethod
+    def _gauges(sup: Supervisor) -> Iterator[Metric]:
+        per_slot: dict[int, list[int]] = {i: [0, 0, 0, 0] for i in range(sup.config.shards)}
+        for handle in sup.processes.values():
+            load = handle.load
+            if load is None or handle.exited.is_set():
+                continue
+            row = per_slot.setdefault(handle.index, [0, 0, 0, 0])
+            away = min(load.sessions_away, load.sessions)
+            for i, value in enumerate((load.connections, load.sessions - away, away, load.rooms)):
+                row[i] += value
+        connections = GaugeMetricFamily(
+            "ws_connections", "Open WebSocket connections.", labels=("shard",)
+        )
+        sessions = GaugeMetricFamily(
+            "ws_sessions",
+            "Sessions held, by state: connected, or away (grace window running).",
+            labels=("shard", "state"),
+        )
+        rooms = GaugeMetricFamily("ws_rooms", "Rooms hosted.", labels=("shard",))
+        for slot, (conns, connected, away, room_count) in sorted(per_slot.items()):
+            connections.add_metric([str(slot)], conns)
+            sessions.add_metric([str(slot), "connected"], connected)
+            sessions.add_metric([str(slot), "away"], away)
+            rooms.add_metric([str(slot)], room_count)
+        yield from (connections, sessions, rooms)
+
+
+# ====================================================================== HTTP
+async def serve(
+    supervisor: Supervisor, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``/metrics`` and ``/status`` on ``--host:--metrics-port`` until cancelled."""
+    config = supervisor.config
+    assert config.metrics_port is not None
+    listeners = await trio.open_tcp_listeners(config.metrics_port, host=config.host)
+    if config.metrics_port == 0:
+        for extra in listeners[1:]:  # each family would get its own random port
+            await extra.aclose()
+        listeners = listeners[:1]
+    port = listeners[0].socket.getsockname()[1]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ShardCollector(supervisor))
+    shard_log.listeners.append(supervisor.metrics.on_log)
+    try:
+        log("metrics_ready", host=config.host, port=port)
+        task_status.started(port)
+
+        async def handler(stream: trio.SocketStream) -> None:
+            await _answer(stream, supervisor, registry)
+
+        await trio.serve_listeners(handler, listeners)
+    finally:
+        shard_log.listeners.remove(supervisor.metrics.on_log)
+
+
+async def _answer(
+    stream: trio.SocketStream, supervisor: Supervisor, registry: CollectorRegistry
+) -> None:
+    async with stream:
+        head = b""
+        complete = ended = False
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            while len(head) <= MAX_REQUEST:
+                chunk = await _receive(stream)
+                if not chunk:
+                    ended = True
+                    break
+                head += chunk
+                if b"\r\n\r\n" in head or b"\n\n" in head:
+                    complete = True
+                    break
+        if len(head) > MAX_REQUEST:
+            status, content_type, body, head_only = 431, "text/plain", b"too large\n", False
+        elif complete:
+            try:
+                status, content_type, body, head_only = respond(head, supervisor, registry)
+            except Exception as exc:  # noqa: BLE001 - a metrics bug must not stop the service
+                log("metrics_error", error=repr(exc)[:200])
+                status, content_type, body, head_only = 500, "text/plain", b"error\n", False
+        elif not head:
+            return  # connected and left (or said nothing): nobody to answer
+        elif ended:
+            status, content_type, body, head_only = 400, "text/plain", b"bad request\n", False
+        else:
+            status, content_type, body, head_only = 408, "text/plain", b"timeout\n", False
+        response = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + (b"" if head_only else body)
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(response)
+
+
+async def _receive(stream: trio.SocketStream) -> bytes:
+    try:
+        return await stream.receive_some(4096)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return b""
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+}
+
+
+def respond(
+    head: bytes, supervisor: Supervisor, registry: CollectorRegistry
+) -> tuple[int, str, bytes, bool]:
+    """(status, content type, body, HEAD request) for one request head."""
+    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return 400, "text/plain", b"bad request\n", False
+    method, target, _ = parts
+    if method not in ("GET", "HEAD"):
+        return 405, "text/plain", b"GET only\n", False
+    head_only = method == "HEAD"
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    path = target.split("?", 1)[0]
+    if path == "/metrics":
+        encoder, content_type = choose_encoder(headers.get("accept", ""))
+        return 200, content_type, encoder(registry), head_only
+    if path == "/status":
+        status = supervisor.status()
+        status["counters"] = supervisor.metrics.totals(supervisor)
+        body = json.dumps(status).encode() + b"\n"
+        return 200, "application/json", body, head_only
+    return 404, "text/plain", b"not found: try /metrics or /status\n", head_only
