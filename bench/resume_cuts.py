@@ -80,8 +80,18 @@ async def run_cuts(
 ) -> CutReport:
     report = CutReport()
     started = time.monotonic()
+    limit = str(max(100.0, rate * 4))  # the senders here are not the flood being tested
     async with open_server(
-        "--heartbeat-interval", "1", "--heartbeat-timeout", "2", shards=shards, echo_logs=echo_logs
+        "--heartbeat-interval",
+        "1",
+        "--heartbeat-timeout",
+        "2",
+        "--max-message-rate",
+        limit,
+        "--message-burst",
+        limit,
+        shards=shards,
+        echo_logs=echo_logs,
     ) as server:
         async with trio.open_nursery() as nursery:
             proxy = CuttingProxy("127.0.0.1", server.port)

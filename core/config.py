@@ -57,6 +57,15 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     # at most this much of its sessions' state (resumes then say recovered + replay_gap).
     # Cost: one msgpack snapshot of each changed session per interval.
     checkpoint_interval: float = 1.0
+    # Origins allowed to connect (browser Origin header); empty = any. Others get 403.
+    allowed_origins: tuple[str, ...] = ()
+    # Connections per shard; beyond it new ones get HTTP 503 + Retry-After before the
+    # upgrade. None = no limit (the 20,000-fd process cap then decides).
+    max_connections: int | None = 10_000
+    # Per-connection message rate (token bucket): average per second, and burst. A client
+    # that sends faster is closed 1008 "message rate limit".
+    max_message_rate: float = 100.0  # room for a 60 Hz input stream plus chat
+    message_burst: float = 200.0
     # Unix socket for `python -m supervisor status|reload` (0600).
     control_socket: str = ".ws-supervisor.sock"
     # Serve /metrics (Prometheus) and /status (JSON) over HTTP on host:metrics_port (0 = any

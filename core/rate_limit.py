@@ -2,15 +2,15 @@
 
 ``rate`` messages per second on average with bursts of up to ``burst``. A client that
 keeps sending faster than that empties the bucket and is closed with 1008 (policy).
-Defaults (``--max-message-rate`` 50/s, burst 100) leave a game client far more room
-than it needs while a flood is cut within a couple of seconds; the cost is two floats per
+Defaults (``--max-message-rate`` 100/s, burst 200) leave a 60 Hz game client plus its
+chat ample room while a flood is cut within a couple of seconds; the cost is two floats per
 connection and a few arithmetic operations per message.
 """
 
 from __future__ import annotations
 
-DEFAULT_RATE = 50.0
-DEFAULT_BURST = 100.0
+DEFAULT_RATE = 100.0
+DEFAULT_BURST = 200.0
 
 
 class TokenBucket:

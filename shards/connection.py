@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING
 
 import trio
+import wsproto.connection
 import wsproto.events
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -68,6 +69,21 @@ class Connection:
         self._code: int | None = None
         self._reason: str = ""
         self.silent_s: float | None = None  # for heartbeat timeouts: silence before closing
+        # The close code trio-websocket sent by itself (1002 protocol error, 1007 bad UTF-8,
+        # 1009 too big): seen by wrapping its wsproto send, since it only reports a 1006.
+        self.sent_close: tuple[int, str] | None = None
+        wsproto_send = ws._wsproto.send
+
+        def send(event: wsproto.events.Event) -> bytes:
+            if (
+                isinstance(event, wsproto.events.CloseConnection)
+                and self._how is None
+                and ws._wsproto.state is wsproto.connection.ConnectionState.OPEN
+            ):  # initiated here (a reply to the client's close happens in REMOTE_CLOSING)
+                self.sent_close = (event.code, event.reason or "")
+            return wsproto_send(event)
+
+        ws._wsproto.send = send  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ sending
     def send(self, frame: str | bytes) -> bool:
@@ -150,6 +166,9 @@ class Connection:
         """How the connection ended, classified, with a short reason for the log."""
         if self._how is not None:
             return classify(self._code, self._how), self._reason
+        if self.sent_close is not None:
+            code, reason = self.sent_close
+            return classify(code, How.SERVER_CLOSED), reason or "protocol error"
         closed = self.ws.closed
         if closed is None or closed.code == CloseCode.ABNORMAL:
             return classify(None, How.CONNECTION_LOST), "connection lost"

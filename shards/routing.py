@@ -48,6 +48,15 @@ class BadRequest(Exception):
 
 async def peek_request_line(sock: trio.socket.SocketType, timeout: float) -> bytes | None:
     """The request line without consuming it; None if the client closed or ran out of time."""
+    head = await peek_request_head(sock, timeout)
+    return None if head is None else head[0]
+
+
+async def peek_request_head(
+    sock: trio.socket.SocketType, timeout: float
+) -> tuple[bytes, dict[str, str]] | None:
+    """Request line and headers (lower-cased names) without consuming them; None if the
+    client closed or did not send a whole head within ``timeout`` (a slowloris)."""
     delay = 0.002
     with trio.move_on_after(timeout):
         while True:
@@ -57,14 +66,34 @@ async def peek_request_line(sock: trio.socket.SocketType, timeout: float) -> byt
                 return None
             if not data:
                 return None
-            end = data.find(b"\r\n")
+            end = data.find(b"\r\n\r\n")
             if end != -1:
-                return data[:end]
+                return _split_head(data[:end])
             if len(data) >= MAX_REQUEST_LINE:
-                raise BadRequest(414, "request line too long")
+                if b"\r\n" not in data:
+                    raise BadRequest(414, "request line too long")
+                raise BadRequest(431, "request headers too large")
             await trio.sleep(delay)
             delay = min(delay * 2, 0.05)
     return None
+
+
+def _split_head(head: bytes) -> tuple[bytes, dict[str, str]]:
+    line, _, rest = head.partition(b"\r\n")
+    headers: dict[str, str] = {}
+    for raw in rest.split(b"\r\n"):
+        name, sep, value = raw.partition(b":")
+        if sep:
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    return line, headers
+
+
+def check_upgrade(headers: dict[str, str], allowed_origins: tuple[str, ...]) -> None:
+    """BadRequest unless this is a WebSocket upgrade from an allowed origin."""
+    if headers.get("upgrade", "").lower() != "websocket":
+        raise BadRequest(426, "this endpoint only speaks WebSocket")
+    if allowed_origins and headers.get("origin") not in allowed_origins:
+        raise BadRequest(403, "origin not allowed")
 
 
 def parse_target(line: bytes) -> Target:
@@ -104,10 +133,13 @@ def http_error(status: int, reason: str) -> bytes:
         405: "Method Not Allowed",
         414: "URI Too Long",
         426: "Upgrade Required",
+        431: "Request Header Fields Too Large",
         503: "Service Unavailable",
     }
+    extra = {426: "Upgrade: websocket\r\n", 503: "Retry-After: 1\r\n"}.get(status, "")
     return (
-        f"HTTP/1.1 {status} {titles.get(status, 'Error')}\r\nContent-Type: text/plain\r\n"
+        f"HTTP/1.1 {status} {titles.get(status, 'Error')}\r\n{extra}"
+        "Content-Type: text/plain\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
 

@@ -52,6 +52,7 @@ from core.protocol import (
     StreamMessage,
     UserLeft,
 )
+from core.rate_limit import TokenBucket
 from core.session import Session
 from core.tokens import TokenSigner, load_or_create_secret
 from shards import stats as shard_stats
@@ -62,9 +63,10 @@ from shards.load_table import LoadTable
 from shards.log import log
 from shards.routing import (
     BadRequest,
+    check_upgrade,
     http_error,
     parse_target,
-    peek_request_line,
+    peek_request_head,
     receive_connection,
     send_connection,
 )
@@ -316,20 +318,32 @@ class Shard:
 
     # ================================================================== connections
     async def _route(self, raw: trio.SocketStream) -> None:
-        """Serve here, or pass the socket to the shard owning its room or session."""
-        if self.host is None or self._handoff is None:
-            await self._serve(raw)
-            return
+        """Check the request head, then serve here or pass the socket to the shard owning
+        its room or session. Nothing reaches trio-websocket before the whole head is in
+        (bounded by --handshake-timeout) and has passed these checks."""
         try:
-            line = await peek_request_line(raw.socket, self.server.handshake_timeout)
-            if line is None:
+            head = await peek_request_head(raw.socket, self.server.handshake_timeout)
+            if head is None:
                 self.stats["handshake_timeouts"] += 1
-                log("handshake_failed", shard=self.shard_index, reason="no request line")
+                log(
+                    "handshake_failed",
+                    shard=self.shard_index,
+                    peer=_peer(raw),
+                    reason="no complete request head within the handshake timeout",
+                )
                 raw.socket.close()
                 return
+            line, headers = head
             target = parse_target(line)
+            check_upgrade(headers, self.server.allowed_origins)
+            limit = self.server.max_connections
+            if limit is not None and len(self.connections) >= limit:
+                raise BadRequest(503, f"over capacity ({limit} connections per shard)")
         except BadRequest as exc:
             await self._reject(raw, exc.status, exc.reason)
+            return
+        if self.host is None or self._handoff is None:
+            await self._serve(raw)
             return
         note = None
         if target.room is not None and not self.host.hosts_room(target.room):
@@ -482,10 +496,22 @@ class Shard:
             return
         self.host.attach(conn, opened)
         session = opened.session
+        bucket = TokenBucket(
+            self.server.max_message_rate, self.server.message_burst, trio.current_time()
+        )
         while not conn.closing:
             try:
                 frame = await conn.ws.get_message()
             except ConnectionClosed:
+                return
+            if not bucket.take(trio.current_time()):
+                log(
+                    "rate_limited",
+                    shard=self.shard_index,
+                    session=session.id,
+                    rate=self.server.max_message_rate,
+                )
+                conn.close(CloseCode.POLICY_VIOLATION, "message rate limit")
                 return
             shard_stats.count_in()
             try:

@@ -187,6 +187,37 @@ def build_parser() -> argparse.ArgumentParser:
         f"the last one (default {d.checkpoint_interval:g})",
     )
     p.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="accept only WebSocket upgrades whose Origin is one of these (repeatable); "
+        "others get HTTP 403. Default: any origin",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        metavar="N",
+        help=f"connections per shard; more get HTTP 503 + Retry-After before the upgrade "
+        f"(default {d.max_connections}; 0 = no limit)",
+    )
+    p.add_argument(
+        "--max-message-rate",
+        type=_positive,
+        default=d.max_message_rate,
+        metavar="PER_S",
+        help=f"messages per second a client may send on average (default "
+        f"{d.max_message_rate:g}); a flood is closed 1008",
+    )
+    p.add_argument(
+        "--message-burst",
+        type=_positive,
+        default=d.message_burst,
+        metavar="N",
+        help=f"messages a client may send at once above the rate (default {d.message_burst:g})",
+    )
+    p.add_argument(
         "--control-socket",
         default=d.control_socket,
         metavar="PATH",
@@ -236,6 +267,10 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         turn_seconds=args.turn_seconds,
         ai_think_seconds=args.ai_think_seconds,
         route_resumes=not args.no_resume_routing,
+        allowed_origins=tuple(args.allowed_origin),
+        max_connections=args.max_connections or None,
+        max_message_rate=args.max_message_rate,
+        message_burst=args.message_burst,
         checkpoint_interval=args.checkpoint_interval,
         balance_accept=not args.no_accept_balancing,
         control_socket=args.control_socket,
