@@ -119,6 +119,7 @@ def _masked(opcode_byte: int, payload: bytes) -> bytes:
         (_masked(0x83, b"x"), 1002),  # reserved opcode
         (_masked(0x09, b"ping")[:1] + b"\x84" + b"\x00" * 4 + b"ping", 1002),  # fragmented ping
         (_masked(0x81, b"\xff\xfe"), 1007),  # invalid UTF-8 in a text frame
+        (_masked(0x88, (999).to_bytes(2, "big")), 1002),  # a close frame with a bad code
     ],
 )
 async def test_protocol_violations_close_only_the_offender_with_the_right_code(
