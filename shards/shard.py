@@ -55,6 +55,7 @@ from core.protocol import (
 from core.rate_limit import TokenBucket
 from core.session import Session
 from core.tokens import TokenSigner, load_or_create_secret
+from shards import static
 from shards import stats as shard_stats
 from shards.activity import ActivityStream
 from shards.app import App
@@ -334,6 +335,10 @@ class Shard:
                 raw.socket.close()
                 return
             line, headers = head
+            page = static.response(line, headers)
+            if page is not None:  # /play, /client.js: plain HTTP, answered here
+                await self._send_and_close(raw, page)
+                return
             target = parse_target(line)
             check_upgrade(headers, self.server.allowed_origins)
             limit = self.server.max_connections
@@ -367,11 +372,14 @@ class Shard:
 
     async def _reject(self, raw: trio.SocketStream, status: int, reason: str) -> None:
         log("request_rejected", shard=self.shard_index, status=status, reason=reason)
+        await self._send_and_close(raw, http_error(status, reason))
+
+    async def _send_and_close(self, raw: trio.SocketStream, response: bytes) -> None:
         # Lingering close: unread request bytes at close() would make the kernel send a
         # RST, which can destroy the error response before the client reads it.
         with trio.move_on_after(min(self.server.close_timeout, 2.0)):
             try:
-                await raw.send_all(http_error(status, reason))
+                await raw.send_all(response)
                 await raw.send_eof()
                 while await raw.receive_some(65536):
                     pass

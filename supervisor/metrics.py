@@ -35,6 +35,7 @@ from prometheus_client.utils import floatToGoString
 
 from core.control import GC_PAUSE_BOUNDS, Load
 from shards import log as shard_log
+from shards import static
 from shards.log import log
 
 if TYPE_CHECKING:
@@ -388,4 +389,8 @@ def respond(
         status["counters"] = supervisor.metrics.totals(supervisor)
         body = json.dumps(status).encode() + b"\n"
         return 200, "application/json", body, head_only
-    return 404, "text/plain", b"not found: try /metrics or /status\n", head_only
+    if path == "/dashboard":
+        page = static.read("dashboard.html")
+        if page is not None:
+            return 200, "text/html; charset=utf-8", page, head_only
+    return 404, "text/plain", b"not found: try /metrics, /status or /dashboard\n", head_only

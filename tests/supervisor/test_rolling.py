@@ -149,7 +149,6 @@ async def test_a_replacement_that_crashes_at_start_aborts_the_roll_and_keeps_fou
 async def test_status_shows_every_shard_and_reload_rolls_them() -> None:
     import json
 
-
     async with open_server(*ROLL_ARGS, shards=3) as server:
         status = json.loads(await server.command("status", "--json"))
         assert [s["shard"] for s in status["shards"]] == [0, 1, 2]
