@@ -201,3 +201,64 @@ async def test_screenshots_of_play_with_an_away_player_and_of_the_dashboard(
         await server.log.wait_for("roll_done", timeout=60)
     assert (ARTIFACTS / "play.png").stat().st_size > 0
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 0
+
+
+async def test_a_killed_server_is_retried_with_jittered_backoff_until_it_is_back(
+    browser: BrowserThread,
+) -> None:
+    """The whole server dies (supervisor and shards, SIGKILL) and comes back seconds later
+    on the same port: the page retries with full-jitter backoff and reconnects. Sessions
+    died with the supervisor (it holds the checkpoints), so the page starts a new one and
+    says so (``session_lost``) instead of pretending."""
+    import socket as stdsocket
+
+    with stdsocket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    held: dict[str, Any] = {}
+
+    def connect(b: Any) -> str:
+        held["context"], held["page"] = open_play(b, port, "t-killed")
+        page = held["page"]
+        page.evaluate(
+            "window.delays = []; window.client.addEventListener('away', "
+            "e => window.delays.push(e.detail.delayMs))"
+        )
+        return page.evaluate("window.client.session")
+
+    async with open_server("--port", str(port), shards=2) as first:
+        assert first.port == port
+        old_session = await browser.run(connect)
+    # open_server killed every process it started: the server is gone.
+    await trio.sleep(3.0)  # the outage itself
+
+    def retried(b: Any) -> list[float]:
+        page = held["page"]
+        page.wait_for_function("window.delays.length >= 2", timeout=WAIT_MS)
+        return page.evaluate("window.delays")
+
+    delays = await browser.run(retried)
+    try:
+        async with open_server("--port", str(port), shards=2) as second:
+            assert second.port == port
+
+            def back(b: Any) -> tuple[bool, str, list[str], list[float]]:
+                page = held["page"]
+                page.wait_for_function("window.client && window.client.connected", timeout=60000)
+                return (
+                    page.evaluate("window.client.connected"),
+                    page.evaluate("window.client.session"),
+                    page.evaluate("window.events"),
+                    page.evaluate("window.delays"),
+                )
+
+            connected, new_session, events, delays = await browser.run(back)
+    finally:
+        await browser.run(lambda b: held["context"].close())
+    assert connected and new_session != old_session
+    lost = events.index("session_lost")
+    assert "connected" in events[lost:]  # then a new session (and its room's messages)
+    assert len(delays) >= 2
+    # Full jitter: uniform(0, min(cap, base * 2**attempt)) - never the same fixed wait.
+    assert len(set(delays)) == len(delays)
+    assert all(0 <= d <= 1000 * 2**i for i, d in enumerate(delays))
