@@ -20,6 +20,8 @@ SCENARIOS: dict[str, str] = {
     "balance": "connections per shard, kernel-only vs load-aware accepting",
     "rolling": "rolling restart (SIGHUP) under load: sessions lost, reconnect latency",
     "echo": "echo msgs/s and round-trip p50/p99/p99.9 at 1 and 100 connections vs peers",
+    "broadcast": "one say to N clients on 4 shards: time to first/median/p99/last receiver",
+    "storm": "SIGKILL + restart with N reconnecting clients: peak accepts/s, jitter full vs none",
 }
 
 

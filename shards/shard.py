@@ -103,6 +103,7 @@ class Shard:
         self._control_sock = control_sock
         self._handoff_std = handoff_sock
         self._handoff: trio.socket.SocketType | None = None
+        self._handoff_lock = trio.Lock()
         self.timers = Timers(config.index)
         self._load_table = load_table if self.server.balance_accept else None
         self._live = 0  # connections accepted or received and not yet finished
@@ -361,7 +362,10 @@ class Shard:
             await self._serve(raw)
             return
         try:
-            await send_connection(self._handoff, raw.socket.fileno(), note)
+            # One writer at a time: trio refuses a second task waiting on the same fd
+            # (BusyResourceError) once the socket's buffer is full, as in a resume storm.
+            async with self._handoff_lock:
+                await send_connection(self._handoff, raw.socket.fileno(), note)
         except OSError as exc:
             log("route_failed", shard=self.shard_index, error=repr(exc), room=note.room)
             await self._serve(raw)  # the supervisor is gone: serve rather than drop

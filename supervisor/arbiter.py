@@ -76,6 +76,7 @@ class ShardHandle:
         self.process = process
         self.control = control
         self.handoff = handoff
+        self.handoff_lock = trio.Lock()
         self.load: Load | None = None
         self.placed_since_load = 0  # rooms placed here since its last Load report
         self.draining = False
@@ -501,7 +502,9 @@ class Supervisor:
                     continue
                 assert note is not None
                 try:
-                    await send_connection(target.handoff, fd, note)
+                    # Each origin's task may forward to the same target: one writer per fd.
+                    async with target.handoff_lock:
+                        await send_connection(target.handoff, fd, note)
                 except OSError as exc:
                     # The owner died mid-pass: the client sees its connection close and
                     # reconnects; the room is placed again on a live shard.

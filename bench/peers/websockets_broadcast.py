@@ -1,0 +1,53 @@
+"""python-websockets (asyncio) broadcast peer for ``python -m bench broadcast``.
+
+``python -m bench.peers.websockets_broadcast --port 0``: one process. Every connection first
+gets ``{"type":"welcome"}``; a ``{"type":"say","text":T}`` is sent to every connection
+(sender included) as ``{"type":"said","from":N,"text":T}`` with ``websockets.broadcast``
+(one encode, then a non-blocking write per connection, like our shards' fan-out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+CLIENTS: set[ServerConnection] = set()
+IDS = itertools.count(1)
+
+
+async def handler(ws: ServerConnection) -> None:
+    me = next(IDS)
+    CLIENTS.add(ws)
+    try:
+        await ws.send('{"type":"welcome"}')
+        async for message in ws:
+            try:
+                msg = json.loads(message)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and msg.get("type") == "say":
+                out = json.dumps({"type": "said", "from": me, "text": msg.get("text", "")})
+                broadcast(CLIENTS, out)
+    finally:
+        CLIENTS.discard(ws)
+
+
+async def main(host: str, port: int) -> None:
+    # No compression and no pings: the same frames on the wire as our server sends.
+    async with serve(
+        handler, host, port, compression=None, ping_interval=None, backlog=4096
+    ) as server:
+        print(f"ready port={server.sockets[0].getsockname()[1]}", flush=True)
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    a = p.parse_args()
+    asyncio.run(main(a.host, a.port))
