@@ -59,7 +59,6 @@ class Connection:
         self.accepted_at = accepted_at
         self.session: Session | None = None  # None once replaced by a newer connection
         self.session_id: str | None = None  # for the log, kept after a replacement
-        self.replaced = False
         self.peer = "-"
         self.close_timeout = close_timeout
         self._out_send, self._out_recv = trio.open_memory_channel[object](max_outbound_queue)

@@ -46,12 +46,6 @@ class BadRequest(Exception):
         self.reason = reason
 
 
-async def peek_request_line(sock: trio.socket.SocketType, timeout: float) -> bytes | None:
-    """The request line without consuming it; None if the client closed or ran out of time."""
-    head = await peek_request_head(sock, timeout)
-    return None if head is None else head[0]
-
-
 async def peek_request_head(
     sock: trio.socket.SocketType, timeout: float
 ) -> tuple[bytes, dict[str, str]] | None:
@@ -107,6 +101,11 @@ def parse_target(line: bytes) -> Target:
         path = parts[1].decode("ascii")
     except UnicodeDecodeError:
         raise BadRequest(400, "non-ASCII request target") from None
+    return target_of(path)
+
+
+def target_of(path: str) -> Target:
+    """``/rooms/<id>?resume=T&last_seq=N`` -> Target, or BadRequest (404) for other paths."""
     split = urllib.parse.urlsplit(path)
     room = None
     if split.path.startswith("/rooms/"):

@@ -106,7 +106,6 @@ class SessionHost:
         ] = {}  # arrived by hand-off with broadcasts we no longer know
         self._fetches: dict[int, _PendingFetch] = {}
         self._next_request = 0
-        self.stats = {"resumed": 0, "resume_invalid": 0, "resume_expired": 0, "replayed": 0}
 
     # ================================================================== open / resume
     def hosts_room(self, room: str) -> bool:
@@ -153,9 +152,7 @@ class SessionHost:
         if old is not None:
             # A zombie the heartbeat has not caught yet: one session, one live connection.
             old.session = None
-            old.replaced = True
             old.close(CloseCode.SESSION_REPLACED, "session resumed by a newer connection")
-        self.stats["resumed"] += 1
         return Opened(session, plan, None, recovered)
 
     def _new_session(self, room: str | None) -> Session:
@@ -187,7 +184,6 @@ class SessionHost:
                     self._send_control(RoomReleased(shard=self.shard_index, room=session.room))
 
     def _failed_resume(self, reason: str, detail: str, room: str | None) -> Opened:
-        self.stats[f"resume_{reason}"] = self.stats.get(f"resume_{reason}", 0) + 1
         log("resume_failed", shard=self.shard_index, error=reason, detail=detail)
         return Opened(self._new_session(room), None, reason)
 
@@ -215,7 +211,6 @@ class SessionHost:
         if plan is not None:
             for seq, message in plan.replay:
                 conn.send(conn.codec.stamp(conn.codec.encode_body(message), seq))
-            self.stats["replayed"] += len(plan.replay)
             log(
                 "resume",
                 shard=self.shard_index,
@@ -361,7 +356,6 @@ class SessionHost:
         old = self.attached.pop(session.id, None)
         if old is not None:
             old.session = None
-            old.replaced = True
             old.close(CloseCode.SESSION_REPLACED, "session resumed on another shard")
         self._unhold(session)
         log(

@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import socket
-import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +69,7 @@ from shards.routing import (
     peek_request_head,
     receive_connection,
     send_connection,
+    target_of,
 )
 from shards.session_host import SessionHost
 from shards.timers import TimerHandle, Timers
@@ -123,7 +123,7 @@ class Shard:
         self._all_closed = trio.Event()
         self._draining = False
         self._done = trio.Event()
-        self.stats = {"accepted": 0, "handshake_timeouts": 0}
+        self.stats = {"handshake_timeouts": 0}
 
     # ================================================================== lifecycle
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -186,7 +186,6 @@ class Shard:
                         await trio.sleep(0.1)  # the kernel keeps the connection queued
                         continue
                     raise
-                self.stats["accepted"] += 1
                 nursery.start_soon(self._counted, self._route, stream)
 
     async def _yield_if_busiest(self) -> None:
@@ -370,7 +369,6 @@ class Shard:
             log("route_failed", shard=self.shard_index, error=repr(exc), room=note.room)
             await self._serve(raw)  # the supervisor is gone: serve rather than drop
             return
-        self.stats["routed_out"] = self.stats.get("routed_out", 0) + 1
         log("routed", shard=self.shard_index, room=note.room, session=note.session, peer=_peer(raw))
         raw.socket.close()  # the supervisor holds the connection now
 
@@ -412,7 +410,6 @@ class Shard:
                 os.close(fds[0])  # the client reconnects and lands on a live shard
                 continue
             sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fds[0]))
-            self.stats["routed_in"] = self.stats.get("routed_in", 0) + 1
             nursery.start_soon(self._counted, self._serve, trio.SocketStream(sock))
 
     async def _load_reports(self) -> None:
@@ -498,8 +495,9 @@ class Shard:
 
     async def _session_loop(self, conn: Connection, app: App) -> None:
         assert self.host is not None
-        token, last_seq = resume_query(conn.path)
-        opened = await self.host.open(token, last_seq, room_of(conn.path))
+        # The path passed target_of in _route (or on the shard that routed it here).
+        target = target_of(conn.path)
+        opened = await self.host.open(target.token, target.last_seq, target.room)
         if conn.closing:
             # The client vanished while its session was being fetched: it stays away.
             conn.session = opened.session
@@ -678,25 +676,6 @@ class Shard:
         elif isinstance(message, Adopt):
             if self.host is not None:
                 self.host.adopt(message)
-
-
-def resume_query(path: str) -> tuple[str | None, int]:
-    """``resume`` token and ``last_seq`` from the request target (``/?resume=T&last_seq=N``)."""
-    query = urllib.parse.urlsplit(path).query
-    if not query:
-        return None, 0
-    params = urllib.parse.parse_qs(query)
-    token = params.get("resume", [None])[0]
-    try:
-        last_seq = int(params.get("last_seq", ["0"])[0])
-    except ValueError:
-        last_seq = -1  # refused by Session.resume: the resume fails as "invalid"
-    return token or None, last_seq
-
-
-def room_of(path: str) -> str | None:
-    route = urllib.parse.urlsplit(path).path
-    return route[len("/rooms/") :] if route.startswith("/rooms/") else None
 
 
 def _peer(stream: trio.SocketStream) -> str:

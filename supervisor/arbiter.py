@@ -616,16 +616,7 @@ class Supervisor:
                 if answer.snapshot is not None:
                     self.directory.move(fetch.session, requester.generation)
                 requester.send_frame(
-                    encode_frame(
-                        Handoff(
-                            request=fetch.request,
-                            session=fetch.session,
-                            snapshot=answer.snapshot,
-                            applied_bseq=answer.applied_bseq,
-                            error=answer.error,
-                            recovered=answer.recovered,
-                        )
-                    )
+                    encode_frame(msgspec.structs.replace(answer, request=fetch.request))
                 )
                 log(
                     "handoff",

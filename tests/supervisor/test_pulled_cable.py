@@ -17,6 +17,7 @@ import time
 import pytest
 import trio
 
+from core.heartbeat import HeartbeatPolicy
 from tests.support import open_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -120,8 +121,7 @@ async def test_a_client_behind_a_dropped_network_is_found_within_the_bound() -> 
             _run("ip", "netns", "exec", NS, "iptables", "-A", "OUTPUT", "-j", "DROP")
             dropped_at = time.time()
             found = await server.log.wait_for("disconnect", session=session, timeout=30)
-            tick = max(0.005, min(1.0, min(interval, timeout) / 10))
-            bound = interval + timeout + tick
+            bound = HeartbeatPolicy(interval, timeout).detection_bound
             after = float(found["ts"]) - dropped_at
             print(
                 f"pulled cable found after {after:.3f} s (silent {found['silent_s']} s), "
