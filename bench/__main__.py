@@ -19,6 +19,7 @@ SCENARIOS: dict[str, str] = {
     "routing": "connection setup rate and latency, lobby (direct) vs room (routed)",
     "balance": "connections per shard, kernel-only vs load-aware accepting",
     "rolling": "rolling restart (SIGHUP) under load: sessions lost, reconnect latency",
+    "respawn": "SIGKILL one shard at a time: seconds until its replacement is ready",
     "echo": "echo msgs/s and round-trip p50/p99/p99.9 at 1 and 100 connections vs peers",
     "broadcast": "one say to N clients on 4 shards: time to first/median/p99/last receiver",
     "storm": "SIGKILL + restart with N reconnecting clients: peak accepts/s, jitter full vs none",
