@@ -30,10 +30,12 @@ import queue
 import random
 import resource
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -192,6 +194,11 @@ class Server:
             str(shards),
             *args,
         ]
+        # Its own control socket, so two benchmarks (or a benchmark and the tests) can run
+        # at once: the default one is in the working directory.
+        self._dir = tempfile.mkdtemp(prefix="bench-supervisor-")
+        if "--control-socket" not in args:
+            self.cmd += ["--control-socket", os.path.join(self._dir, "control.sock")]
         self.shards = shards
         self.process: subprocess.Popen[bytes] | None = None
         self.lines: list[dict[str, str]] = []
@@ -274,6 +281,7 @@ class Server:
             self.process.wait(timeout=10)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ the log
     def count(self) -> int:
@@ -356,6 +364,14 @@ class Child:
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             pass
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Every message received and not yet taken, without waiting."""
+        out = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                out.append(self.messages.get_nowait())
+        return out
 
     def expect(self, type_: str, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -745,6 +761,8 @@ class Pool:
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + 1.0
+                if not self.reported:  # for a progress bar while connecting
+                    _emit({"type": "progress", "ok": self.ok, "failed": sum(self.failed.values())})
                 for conn in list(self.conns.values()):
                     if conn.state < _OPEN and now - conn.started > a.connect_timeout:
                         self._fail(conn, "timeout")

@@ -1,30 +1,41 @@
-"""GC stalls with many idle connections: round-trip p99.9 with and without the GC tuning.
+"""Idle connections: how many a machine holds, what each costs, and the GC stalls they cause.
 
-Run as ``python -m bench.idle [--connections 10000] [--shards 1] [--duration 30]
-[--gc both|tuned|default]``.
+Run as ``python -m bench idle [--connections 50000] [--shards 4] [--duration 20]
+[--gc tuned|default|both]``.
+
+Default (about 1.5 min on 2 cores): 50,000 idle connections over 4 shards (12,500 each,
+under the 20,000-open-files cap of a process) from 4 client processes, each bound to its
+own loopback source address (127.0.0.2 ...: one address has 28k ephemeral ports). The GC
+comparison of the foundation issue is ``--connections 10000 --shards 1 --gc both
+--say-rate 0.2 --duration 30`` (about 2 min).
 
 For each variant ('tuned' = the shards' ``tune_gc``; 'default' = ``--no-gc-tuning``,
 CPython's thresholds) a fresh supervisor is started with heartbeats on
-(``--heartbeat-interval 5 --heartbeat-timeout 15``) and:
+(``--heartbeat-interval 5 --heartbeat-timeout 15``, ``--max-connections`` raised to fit)
+and:
 
 1. ``--connections`` idle WebSocket clients are opened from ``--workers`` processes
    (raw-socket epoll clients, one loopback source address each; they answer every ping
    with a pong and read everything the server sends);
-2. shard RSS is read before and after connecting (``/proc/<pid>/status`` VmRSS);
+2. shard RSS is read before and after connecting (``/proc/<pid>/status`` VmRSS), and
+   each shard's open sockets (how evenly the connections were spread);
 3. heartbeat CPU: the shards' utime+stime over ``--idle-window`` seconds with no other
    traffic than pings and pongs, as % of one core, and the pings the clients answered;
 4. active phase (``--duration`` s): ``--echo-clients`` clients each send
    ``{"type":"echo","data":n}`` at ``--echo-rate``/s on a fixed (open-loop) schedule and
-   time the round trip. The first half ('quiet') has no other traffic than heartbeats;
-   in the second half ('churn', from ``--say-after``) one more client also sends a
-   64-byte ``say`` at ``--say-rate``/s, which the demo app delivers to every session
-   (the allocation churn of a lobby chat: one frame per connection per say), and times
-   the fan-out: its own copy, and the last idle session's copy (wall clock).
+   time the round trip (a GC stall shows as late replies, not as fewer samples). With
+   ``--say-rate`` > 0, from ``--say-after`` (default half-way: a 'quiet' and a 'churn'
+   half) one more client also sends a 64-byte ``say`` at that rate, which the demo app
+   delivers to every session (the allocation churn of a lobby chat: one frame per
+   connection per say), and times the fan-out: its own copy, and the last idle
+   session's copy (wall clock).
 
 It checks that no ``event=disconnect`` line appeared during the run (an idle client
 closed as a zombie would be ``kind=heartbeat_timeout``), then SIGTERMs the supervisor
 (clients answer the 1012 close) and kills every pid it started. It also prints how much
-CPU other processes used meanwhile (the machine may be shared).
+CPU other processes used meanwhile (the machine may be shared). Output: the tables, and
+``bench/results/idle-<stamp>.json`` with ``-rtt.png`` (every round trip over time) and
+``-shards.png`` (sockets and RSS per shard).
 
 ``--no-heartbeat`` is the control run: ``--heartbeat long`` pings after 300 s of silence,
 so no ping happens in the run. ``BENCH_SERVER_ROOT=DIR`` runs the server from another tree.
@@ -34,8 +45,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import math
+import os
 import statistics
-import sys
 import threading
 import time
 from typing import Any
@@ -46,18 +59,20 @@ from bench._load import (
     Interference,
     Server,
     cpu_seconds,
-    machine_info,
     percentile,
     rss_kib,
 )
+from bench._report import Progress, Report
 
 HEARTBEAT = ("--heartbeat-interval", "5", "--heartbeat-timeout", "15")
 # Control run (--no-heartbeat): the long preset pings after 300 s, i.e. never in a run.
 NO_HEARTBEAT = ("--heartbeat", "long")
 
 
-def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
+def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> dict[str, Any]:
     args = [*(NO_HEARTBEAT if a.no_heartbeat else HEARTBEAT), "--drain-timeout", "5"]
+    # Room for the load-aware balance's spread (1.1-1.2:1), under the 20,000-file cap.
+    args += ["--max-connections", str(min(19_000, math.ceil(a.connections / a.shards * 1.3)))]
     if name == "default":
         args.append("--no-gc-tuning")
     server = Server(*args, shards=a.shards)
@@ -72,7 +87,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
         time.sleep(1.0)
         out["rss_before"] = sum(rss_kib(p) for p in pids)
 
-        # ---- connect
+        # ---- connect: one client process per loopback source address (28k ports each)
         started = time.monotonic()
         base, extra = divmod(a.connections, a.workers)
         for w in range(a.workers):
@@ -90,10 +105,10 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
                     "600",
                 )
             )
+        connected = _await_connected(workers, bar, f"{name}: connecting", a.connections)
         failed: collections.Counter[str] = collections.Counter()
         held = 0
-        for w in workers:
-            message = w.expect("connected", 180)
+        for message in connected:
             held += message["ok"]
             failed.update(message["failed"])
         out["connect_s"] = time.monotonic() - started
@@ -101,12 +116,13 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
         out["failed"] = dict(failed)
         time.sleep(2.0)
         out["rss_after"] = sum(rss_kib(p) for p in pids)
+        out["per_shard"] = [{"pid": p, "sockets": _sockets(p), "rss_kib": rss_kib(p)} for p in pids]
 
         # ---- idle window: heartbeats only
         pings0 = _pings(workers)
         cpu0 = sum(cpu_seconds(p) for p in pids)
         t0 = time.monotonic()
-        time.sleep(a.idle_window)
+        bar.wait(a.idle_window, f"{name}: idle window")
         cpu1 = sum(cpu_seconds(p) for p in pids)
         t1 = time.monotonic()
         pings1 = _pings(workers)
@@ -138,7 +154,16 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
             str(a.duration + 60),
         )
         active.expect("connected", 30)
-        result = active.expect("result", a.duration + 60)
+        task = bar.add(f"{name}: active clients ({a.duration:g} s)", total=math.ceil(a.duration))
+        t_active = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                result = active.expect("result", 0.5)
+                break
+            if time.monotonic() - t_active > a.duration + 60:
+                raise TimeoutError("the active clients sent no result")
+            bar.update(task, completed=min(a.duration, int(time.monotonic() - t_active)))
+        bar.done(task)
         sampling.set()
         sampler.join()
         t0 = result["t0"]
@@ -188,6 +213,40 @@ def run_variant(name: str, index: int, a: argparse.Namespace) -> dict[str, Any]:
             w.stop()
         out["others"] = cpu.others()
     return out
+
+
+def _await_connected(
+    workers: list[Child], bar: Progress, description: str, total: int
+) -> list[dict[str, Any]]:
+    """Each worker's ``connected`` report, with a bar fed by their ``progress`` lines."""
+    task = bar.add(description, total=total)
+    ok = [0] * len(workers)
+    done: dict[int, dict[str, Any]] = {}
+    deadline = time.monotonic() + 300
+    while len(done) < len(workers):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(workers) - len(done)} client processes still connecting")
+        for i, w in enumerate(workers):
+            for message in w.pending():
+                if message.get("type") in ("progress", "connected"):
+                    ok[i] = message["ok"]
+                if message.get("type") == "connected":
+                    done[i] = message
+                elif message.get("type") == "eof":
+                    raise RuntimeError(f"client process {w.pid} exited while connecting")
+        bar.update(task, completed=sum(ok))
+        time.sleep(0.2)
+    return [done[i] for i in range(len(workers))]
+
+
+def _sockets(pid: int) -> int:
+    """Open sockets of ``pid`` (its connections, plus a few of its own)."""
+    count = 0
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return count
 
 
 def _sample_cpu(pids: list[int], out: list[tuple[float, float]], stop: threading.Event) -> None:
@@ -328,20 +387,73 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
             print(f"    other server events: {others}")
 
 
+def charts(results: list[dict[str, Any]], a: argparse.Namespace) -> dict[str, Any]:
+    def rtt(plt: Any) -> Any:
+        fig, ax = plt.subplots(figsize=(9, 4))
+        for r in results:
+            xs = [x[0] for x in r["rtts"]]
+            ys = [max(x[1], 0.01) for x in r["rtts"]]
+            ax.scatter(xs, ys, s=3, label=f"{r['variant']} (p99.9 {_p999(r):,.1f} ms)")
+        if a.say_rate and a.say_after < a.duration:
+            ax.axvline(a.say_after, color="grey", linestyle="--", label="says start")
+        ax.set_yscale("log")
+        ax.set_xlabel("send time since the active phase began, s")
+        ax.set_ylabel("echo round trip, ms")
+        ax.set_title(
+            f"Echo round trips of {a.echo_clients} active clients beside"
+            f" {results[0]['held']:,} idle connections on {a.shards} shard(s)"
+        )
+        ax.legend(loc="upper left", markerscale=4)
+        return fig
+
+    def shards(plt: Any) -> Any:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+        for k, r in enumerate(results):
+            xs = [i + k * 0.4 for i in range(len(r["per_shard"]))]
+            left.bar(xs, [s["sockets"] for s in r["per_shard"]], width=0.4, label=r["variant"])
+            right.bar(
+                xs,
+                [s["rss_kib"] / 1024 for s in r["per_shard"]],
+                width=0.4,
+                label=r["variant"],
+            )
+        left.set_title("sockets per shard")
+        right.set_title("RSS per shard, MiB")
+        for ax in (left, right):
+            ax.set_xlabel("shard")
+            ax.legend()
+        return fig
+
+    return {"rtt": rtt, "shards": shards}
+
+
+def _p999(r: dict[str, Any]) -> float:
+    return percentile(sorted(x[1] for x in r["rtts"]), 99.9)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.idle", description=__doc__.split("\n")[0]
+        prog="python -m bench idle", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--shards", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=30.0, help="active phase, seconds")
-    parser.add_argument("--gc", choices=["both", "tuned", "default"], default="both")
-    parser.add_argument("--workers", type=int, default=4, help="client processes")
+    parser.add_argument("--connections", type=int, default=50_000, help="(default 50000)")
+    parser.add_argument("--shards", type=int, default=4, help="(default 4)")
+    parser.add_argument(
+        "--duration", type=float, default=20.0, help="active phase, seconds (default 20)"
+    )
+    parser.add_argument(
+        "--gc", choices=["both", "tuned", "default"], default="tuned", help="(default tuned)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="client processes (default: 15,000 each)"
+    )
     parser.add_argument("--idle-window", type=float, default=10.0)
     parser.add_argument("--echo-clients", type=int, default=4)
     parser.add_argument("--echo-rate", type=float, default=50.0, help="per echo client, 1/s")
     parser.add_argument(
-        "--say-rate", type=float, default=0.2, help="says per second in the churn half (0: none)"
+        "--say-rate",
+        type=float,
+        default=0.0,
+        help="says per second in the churn half (default 0: none)",
     )
     parser.add_argument(
         "--say-after", type=float, default=None, help="start of the churn (default: half-way)"
@@ -352,8 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         help="control run: --heartbeat long (no ping within the run) instead of 5 s/15 s",
     )
     a = parser.parse_args(argv)
-    if not 1 <= a.connections <= 40_000:
-        parser.error("--connections must be in 1..40000")
+    if a.workers is None:
+        a.workers = max(1, math.ceil(a.connections / 15_000))
+    if not 1 <= a.connections <= 100_000:
+        parser.error("--connections must be in 1..100000")
+    if not 1 <= a.shards <= 16 or a.connections / a.shards > 15_000:
+        parser.error("--shards must be in 1..16, with at most 15,000 connections each")
     if not 1 <= a.workers <= 16 or a.connections / a.workers > 15_000:
         parser.error("--workers must be in 1..16, with at most 15,000 connections each")
     if not 0 < a.duration <= 600 or not 0 < a.idle_window <= 120:
@@ -365,29 +481,51 @@ def main(argv: list[str] | None = None) -> int:
     a.say_after = min(max(0.0, a.say_after), a.duration)
     variants = ["tuned", "default"] if a.gc == "both" else [a.gc]
 
-    started = time.monotonic()
-    cpu = Interference()
-    print("GC stalls with idle connections (python -m bench.idle)")
-    for line in machine_info():
-        print(line)
-    print(
-        f"settings: {a.connections:,} idle connections from {a.workers} client processes, "
-        f"--shards {a.shards}, heartbeat {'off (long preset)' if a.no_heartbeat else '5 s/15 s'},"
-        f" idle window {a.idle_window:g} s; "
-        f"server from {SERVER_ROOT}"
-    )
+    settings = {
+        "connections": a.connections,
+        "shards": a.shards,
+        "client_processes": a.workers,
+        "heartbeat": "off (long preset)" if a.no_heartbeat else "5 s/15 s",
+        "gc": a.gc,
+        "idle_window_s": a.idle_window,
+        "active_s": a.duration,
+        "echo_clients": a.echo_clients,
+        "echo_rate": a.echo_rate,
+        "say_rate": a.say_rate,
+        "server": str(SERVER_ROOT),
+    }
+    run = Report("idle", settings, "Idle connections (python -m bench idle)")
     print(
         "'tuned' = shards.__main__.tune_gc (gc.freeze + thresholds 50000/20/100); "
-        "'default' = --no-gc-tuning (700/10/10)"
+        "'default' = --no-gc-tuning (700/10/10)",
+        flush=True,
     )
-    sys.stdout.flush()
     results = []
-    for index, name in enumerate(variants):
-        print(f"... {name}", flush=True)
-        results.append(run_variant(name, index, a))
+    with run.progress() as bar:
+        for index, name in enumerate(variants):
+            results.append(run_variant(name, index, a, bar))
     report(results, a)
-    print(f"\n{cpu.done()}")
-    print(f"total {time.monotonic() - started:.0f} s")
+    data = {
+        "variants": [
+            {k: (dict(v) if isinstance(v, collections.Counter) else v) for k, v in r.items()}
+            for r in results
+        ],
+        "summary": [
+            {
+                "variant": r["variant"],
+                "held": r["held"],
+                "kib_per_connection": round(
+                    (r["rss_after"] - r["rss_before"]) / max(1, r["held"]), 1
+                ),
+                "hb_cpu_pct": round(r["hb_cpu"], 1),
+                "pings_per_s": round(r["pings_per_s"]),
+                "p99_9_ms": round(_p999(r), 2),
+                "max_ms": round(max((x[1] for x in r["rtts"]), default=float("nan")), 2),
+            }
+            for r in results
+        ],
+    }
+    run.finish(data, charts(results, a))
     return 0
 
 
