@@ -26,13 +26,18 @@ the server's process. Its CPU use is reported so a client-bound row can be spott
 
 Output: a table (with each row's ratio to the best peer at the same connection count), a
 JSON file ``bench/results/echo-<timestamp>.json`` and, with matplotlib, a PNG next to it.
+
+Profile: unless ``--no-profile``, one more measurement of ``ours echo 1sh`` at the most
+connections runs under ``py-spy record --nonblocking -r 200`` on the shard's pid, and the
+self time of the sampled stacks is printed by package (trio, trio-websocket, wsproto,
+msgspec, our shards/ and core/, the standard library) with the top functions: where one
+shard's time goes. About 10 s more; the raw samples are kept in a temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import importlib.util
 import json
 import os
@@ -43,6 +48,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,9 +65,9 @@ from bench._load import (
     Server,
     client_frame,
     handshake_request,
-    machine_info,
     percentile,
 )
+from bench._report import Report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -359,6 +365,118 @@ def run_target(t: Target, a: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+# ====================================================================== profile
+# Self time of sampled stacks, by where the innermost frame's code lives.
+PACKAGES = (
+    ("trio_websocket", "/trio_websocket/"),
+    ("wsproto", "/wsproto/"),
+    ("trio", "/trio/"),
+    ("msgspec", "/msgspec/"),
+    ("ours: shards/", "/shards/"),
+    ("ours: core/", "/core/"),
+    ("ours: supervisor/", "/supervisor/"),
+    ("h11", "/h11/"),
+    ("outcome", "/outcome/"),
+    ("sortedcontainers", "/sortedcontainers/"),
+)
+
+
+def package_of(frame: str) -> str:
+    """``func (path:line)`` -> the package its code is in."""
+    # py-spy names files relative to their sys.path entry: "trio/_socket.py:1050".
+    path = "/" + frame.rsplit("(", 1)[-1].rstrip(")")
+    for name, needle in PACKAGES:
+        if needle in path:
+            return name
+    top = path[1:].split("/", 1)[0].split(":", 1)[0].removesuffix(".py")
+    return "python stdlib" if top in sys.stdlib_module_names else "other"
+
+
+def self_time_by_package(collapsed: str) -> dict[str, float]:
+    """Share of samples whose innermost frame is in each package (py-spy ``--format raw``)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        counts[package_of(leaf)] = counts.get(package_of(leaf), 0) + int(n)
+        total += int(n)
+    return {k: round(v / total, 3) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
+def top_functions(collapsed: str, n: int = 12) -> list[tuple[str, float]]:
+    counts: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, k = line.rpartition(" ")
+        if not stack or not k.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(k)
+        total += int(k)
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return [(frame, round(c / total, 3)) for frame, c in top]
+
+
+def profile_ours(a: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """py-spy on the one shard of ``ours echo 1sh`` during a measurement at the most
+    connections: self time by package. Not counted in the table (sampling costs a bit)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return {"skipped": "py-spy is not installed (pip install -e '.[bench]')"}
+    t = targets(["ours echo 1sh"])[0]
+    conns = max(a.connections)
+    server = Server(*t.args, *NO_RATE_LIMIT, shards=1)
+    if t.pin:
+        server.cmd = ["taskset", "-c", "0", *server.cmd]
+    raw = out_dir / "echo-profile.txt"
+    spy_proc: subprocess.Popen[bytes] | None = None
+    try:
+        server.start()
+        pid = server.shard_pids()[0]
+        spy_proc = subprocess.Popen(
+            [spy, "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(raw)]
+            + ["-d", str(int(a.seconds)), "--pid", str(pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        row = measure(server.port, t, conns, a, pin_clients=t.pin)
+        _, err = spy_proc.communicate(timeout=a.seconds + 30)
+        if spy_proc.returncode != 0 or not raw.exists():
+            return {"skipped": f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}"}
+    finally:
+        if spy_proc is not None and spy_proc.poll() is None:
+            spy_proc.kill()
+            spy_proc.wait()
+        server.kill()
+    collapsed = raw.read_text()
+    return {
+        "server": t.name,
+        "connections": conns,
+        "msgs_per_s_while_sampled": row["msgs_per_s"],
+        "samples": sum(int(x.rpartition(" ")[2]) for x in collapsed.splitlines() if x.strip()),
+        "by_package": self_time_by_package(collapsed),
+        "top_functions": top_functions(collapsed),
+        "raw": str(raw),
+    }
+
+
+def profile_text(p: dict[str, Any]) -> str:
+    if "skipped" in p:
+        return f"profile: skipped: {p['skipped']}"
+    lines = [
+        f"Where one shard's time goes: py-spy on '{p['server']}' at {p['connections']}"
+        f" connections ({p['samples']:,} samples, {p['msgs_per_s_while_sampled']:.0f} msgs/s"
+        " while sampled); self time of the innermost frame, by package:"
+    ]
+    lines += [f"  {name:18} {share * 100:5.1f} %" for name, share in p["by_package"].items()]
+    lines.append("  top functions (self):")
+    lines += [f"  {share * 100:5.1f} %  {frame}" for frame, share in p["top_functions"]]
+    return "\n".join(lines)
+
+
 # ====================================================================== report
 def add_ratios(rows: list[dict[str, Any]], peer_names: set[str]) -> None:
     """``ratio`` = msgs/s of the row / msgs/s of the best peer at the same connections."""
@@ -390,14 +508,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def chart(rows: list[dict[str, Any]], path: Path) -> str:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "no chart: matplotlib is not installed (pip install matplotlib)"
+def chart(rows: list[dict[str, Any]], plt: Any) -> Any:
     conns = sorted({r["connections"] for r in rows})
     fig, axes = plt.subplots(1, len(conns), figsize=(6 * len(conns), 4), squeeze=False)
     for ax, c in zip(axes[0], conns, strict=True):
@@ -407,71 +518,59 @@ def chart(rows: list[dict[str, Any]], path: Path) -> str:
         ax.bar(names, [r["msgs_per_s"] for r in sub], color=colors)
         ax.set_title(f"{c} connection{'s' if c > 1 else ''}: echo msgs/s")
         ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return f"chart:    {path.relative_to(ROOT)}"
+    return fig
 
 
 def run_bench(a: argparse.Namespace) -> int:
-    info = machine_info()
-    print("\n".join(info))
-    print(
-        f"settings: connections {a.connections}, <= {a.count} msgs or {a.seconds:g} s each, "
-        f"{a.client_procs} client procs, payload {a.payload} B of data, "
-        f"pinning {'server CPU 0 / clients CPU ' + _client_cpus() if _can_pin() else 'off'}",
-        flush=True,
-    )
+    settings = {
+        "connections": a.connections,
+        "count": a.count,
+        "seconds": a.seconds,
+        "client_procs": a.client_procs,
+        "payload": a.payload,
+        "pinning": "server CPU 0 / clients CPU " + _client_cpus() if _can_pin() else "off",
+        "profile": a.profile,
+    }
+    run = Report("echo", settings, "Echo vs peers (python -m bench echo)")
     ts = targets(a.only)
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
-    for t in ts:
-        if t.skip:
-            skipped[t.name] = t.skip
-            print(f"skip {t.name}: {t.skip}", flush=True)
-            continue
-        t0 = time.monotonic()
-        try:
-            got = run_target(t, a)
-        except Exception as exc:  # noqa: BLE001 - report and go on with the others
-            skipped[t.name] = f"failed: {exc!r}"
-            print(f"skip {t.name}: failed: {exc!r}", flush=True)
-            continue
-        rows.extend(got)
-        summary = ", ".join(f"{r['connections']}c {r['msgs_per_s']:.0f}/s" for r in got)
-        print(f"done {t.name:15} {summary} ({time.monotonic() - t0:.1f} s)", flush=True)
+    profile: dict[str, Any] = {}
+    with run.progress() as bar:
+        task = bar.add("servers", total=len(ts) + (1 if a.profile else 0))
+        for t in ts:
+            bar.update(task, description=t.name)
+            if t.skip:
+                skipped[t.name] = t.skip
+                print(f"skip {t.name}: {t.skip}", flush=True)
+                bar.advance(task)
+                continue
+            t0 = time.monotonic()
+            try:
+                got = run_target(t, a)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                skipped[t.name] = f"failed: {exc!r}"
+                print(f"skip {t.name}: failed: {exc!r}", flush=True)
+                bar.advance(task)
+                continue
+            rows.extend(got)
+            summary = ", ".join(f"{r['connections']}c {r['msgs_per_s']:.0f}/s" for r in got)
+            print(f"done {t.name:15} {summary} ({time.monotonic() - t0:.1f} s)", flush=True)
+            bar.advance(task)
+        if a.profile:
+            bar.update(task, description="profile (py-spy)")
+            profile = profile_ours(a, Path(tempfile.mkdtemp(prefix="bench-echo-")))
+            bar.advance(task)
     add_ratios(rows, {t.name for t in ts if t.kind == "peer"})
     print()
     print(table(rows))
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"echo-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "scenario": "echo",
-                "info": info,
-                "loadavg_end": os.getloadavg(),
-                "settings": {
-                    "connections": a.connections,
-                    "count": a.count,
-                    "seconds": a.seconds,
-                    "client_procs": a.client_procs,
-                    "payload": a.payload,
-                    "pinned": _can_pin(),
-                },
-                "skipped": skipped,
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"\nresults:  {out.relative_to(ROOT)}")
-    if rows:
-        print(chart(rows, out.with_suffix(".png")))
+    if a.profile:
+        print()
+        print(profile_text(profile))
     for name, why in skipped.items():
         print(f"skipped:  {name}: {why}")
+    data = {"rows": rows, "skipped": skipped, "profile": profile}
+    run.finish(data, {"msgs": lambda plt: chart(rows, plt)} if rows else {})
     return 0
 
 
@@ -508,6 +607,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--payload", type=int, default=16, help="bytes of 'data' (default 16)")
     p.add_argument(
         "--only", nargs="+", help="servers whose name contains any of these (e.g. ours picows)"
+    )
+    p.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the py-spy profile of our 1-shard echo (done by default when py-spy is"
+        " installed: one more measurement at the most connections)",
     )
     return run_bench(p.parse_args(argv))
 
