@@ -1,0 +1,423 @@
+"""A pulled cable for the benchmarks: clients in a network namespace of their own, whose
+connections are cut one at a time by iptables DROP rules inside that namespace.
+
+``Cable`` creates a network namespace and a veth pair (the host end gets ``.1`` of a free
+``/30`` in 10.253.0.0/16, the namespace end ``.2``); a server bound to ``server_ip`` is then
+reachable from the namespace, and from this host as well (a local address: that traffic
+goes over loopback, untouched). ``Cable.cut(port)`` adds ``-A INPUT -p tcp --dport PORT
+-j DROP`` and ``-A OUTPUT -p tcp --sport PORT -j DROP`` in the namespace, in one
+``iptables-restore --noflush`` transaction: the server never hears from that connection
+again, no FIN and no RST arrive, so TCP stays open on its side. Every rule lives in the
+namespace: the host's own tables and its loopback traffic are never touched. Names carry
+this process's pid (``zbc<pid>``, ``zbc<pid>h``/``zbc<pid>n``), so a concurrent test or
+benchmark does not collide. ``teardown`` deletes the namespace (and with it its rules and
+the veth pair); call it in a ``finally`` once every process in the namespace was killed.
+
+Needs root, ``ip`` (iproute2) and ``iptables``; ``Cable.unavailable()`` and ``setup()``
+return the reason when the machine cannot do it.
+
+The clients (``CableClients``) run as ``ip netns exec NS python -m bench._cable
+clients --host H --port P --count N [--control 1]``: N + control raw-socket WebSocket
+clients that behave well (read everything, answer every ping) until told on stdin ``pull
+K``: client K then sends one last ``echo``, prints ``{"type": "last", "port": ...,
+"last_send": ...}`` and never reads or writes again; the parent cuts its port. ``stats``
+prints the control clients' state (they are never cut and must stay open); ``close`` or
+the end of stdin makes it close everything and exit; it exits by itself after
+``--max-seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import os
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from bench._load import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    ROOT,
+    _connect_blocking,
+    _emit,
+    client_frame,
+    text_frame,
+)
+
+SUBNETS = ipaddress.ip_network("10.253.0.0/16")
+
+
+def _run(*cmd: str, stdin: str | None = None) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30, input=stdin, text=True)
+
+
+def _networks_in_use() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network on an address or in a route of this host (all tables)."""
+    out: list[ipaddress.IPv4Network] = []
+    for cmd in (["ip", "-4", "-o", "addr", "show"], ["ip", "-4", "route", "show", "table", "all"]):
+        try:
+            text = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        for token in text.split():
+            if token[0].isdigit():
+                with contextlib.suppress(ValueError):
+                    out.append(ipaddress.IPv4Network(token, strict=False))
+    return out
+
+
+class Cable:
+    """A network namespace with a veth link to this host, and DROP rules to pull cables."""
+
+    def __init__(self) -> None:
+        tag = f"zbc{os.getpid()}"
+        self.netns = tag
+        self.host_if, self.ns_if = f"{tag}h", f"{tag}n"
+        self.server_ip = self.client_ip = ""
+        self.cuts = 0
+        self.created = False
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why this machine cannot pull cables, or None."""
+        if os.geteuid() != 0:
+            return "needs root to create a network namespace"
+        missing = [t for t in ("ip", "iptables", "iptables-restore") if not shutil.which(t)]
+        if missing:
+            return f"needs {', '.join(missing)} (apt-get install iproute2 iptables)"
+        return None
+
+    def _free_subnet(self) -> ipaddress.IPv4Network:
+        used = _networks_in_use()
+        subnets = list(SUBNETS.subnets(new_prefix=30))
+        start = os.getpid() % len(subnets)
+        for i in range(len(subnets)):
+            net = subnets[(start + i) % len(subnets)]
+            if not any(net.overlaps(u) for u in used):
+                return net
+        raise RuntimeError(f"no free /30 in {SUBNETS}")
+
+    def setup(self) -> str | None:
+        """Create the namespace and its link; the reason it cannot be done, or None."""
+        reason = self.unavailable()
+        if reason is not None:
+            return reason
+        try:
+            net = self._free_subnet()
+            server, client = list(net.hosts())
+            self.server_ip, self.client_ip = str(server), str(client)
+            _run("ip", "netns", "add", self.netns)
+            self.created = True
+            _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
+            _run("ip", "link", "set", self.ns_if, "netns", self.netns)
+            _run("ip", "addr", "add", f"{self.server_ip}/30", "dev", self.host_if)
+            _run("ip", "link", "set", self.host_if, "up")
+            self.exec("ip", "addr", "add", f"{self.client_ip}/30", "dev", self.ns_if)
+            self.exec("ip", "link", "set", self.ns_if, "up")
+            self.exec("ip", "link", "set", "lo", "up")
+            self.exec("iptables", "-w", "-L", "-n")  # iptables works in a namespace here
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            problems = self.teardown()
+            detail = getattr(exc, "stderr", "") or ""
+            return (
+                f"cannot set up a network namespace: {exc} {detail.strip()}"
+                + (f" ({'; '.join(problems)})" if problems else "")
+            ).strip()
+        return None
+
+    def exec(self, *cmd: str, stdin: str | None = None) -> None:
+        """Run ``cmd`` inside the namespace (raises on failure)."""
+        _run("ip", "netns", "exec", self.netns, *cmd, stdin=stdin)
+
+    def cut(self, port: int) -> None:
+        """Pull the cable of the namespace's TCP connection from local ``port``."""
+        self.exec(
+            "iptables-restore",
+            "-w",
+            "--noflush",
+            stdin=(
+                "*filter\n"
+                f"-A INPUT -p tcp --dport {port} -j DROP\n"
+                f"-A OUTPUT -p tcp --sport {port} -j DROP\n"
+                "COMMIT\n"
+            ),
+        )
+        self.cuts += 1
+
+    def flush(self) -> None:
+        """Remove every rule (between two runs that reuse the namespace)."""
+        self.exec("iptables", "-w", "-F")
+
+    def clients(self, port: int, count: int, control: int, max_seconds: float) -> CableClients:
+        return CableClients(self, port, count, control, max_seconds)
+
+    def teardown(self) -> list[str]:
+        """Delete the namespace (its rules, its veth end and so the host end go with it).
+
+        Kill every process in it first. Returns what could not be removed (empty if all).
+        """
+        if not self.created:
+            return []
+        for cmd in (["ip", "netns", "del", self.netns], ["ip", "link", "del", self.host_if]):
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(cmd, capture_output=True, timeout=30)
+        problems = []
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            names = subprocess.run(
+                ["ip", "netns", "list"], capture_output=True, text=True, timeout=10
+            ).stdout.split()
+            if self.netns in names:
+                problems.append(f"network namespace {self.netns} still exists")
+        link = subprocess.run(
+            ["ip", "link", "show", self.host_if], capture_output=True, text=True, timeout=10
+        )
+        if link.returncode == 0:
+            problems.append(f"link {self.host_if} still exists")
+        if not problems:
+            self.created = False
+        return problems
+
+
+class CableClients:
+    """The ``clients`` mode in the namespace, as a subprocess speaking JSON lines."""
+
+    def __init__(
+        self, cable: Cable, port: int, count: int, control: int, max_seconds: float
+    ) -> None:
+        # ``ip netns exec`` execs the command (no fork): this pid is the Python process.
+        self.process = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                cable.netns,
+                sys.executable,
+                "-m",
+                "bench._cable",
+                "clients",
+                "--host",
+                cable.server_ip,
+                "--port",
+                str(port),
+                "--count",
+                str(count),
+                "--control",
+                str(control),
+                "--max-seconds",
+                str(max_seconds),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            try:
+                self.messages.put(json.loads(raw))
+            except ValueError:
+                print(f"[pulled-cable clients {self.pid}] {raw.decode(errors='replace').rstrip()}")
+        self.messages.put({"type": "eof"})
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        with contextlib.suppress(OSError):
+            self.process.stdin.write(command.encode() + b"\n")
+            self.process.stdin.flush()
+
+    def expect(self, type_: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = self.messages.get(timeout=left)
+            except queue.Empty:
+                break
+            if message.get("type") == type_:
+                return message
+            if message.get("type") == "eof":
+                raise RuntimeError(f"pulled-cable clients exited before sending {type_!r}")
+        raise TimeoutError(f"pulled-cable clients: no {type_!r} within {timeout:g} s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask it to close and exit; SIGKILL (by pid) if it does not."""
+        if self.process.poll() is None:
+            self.send("close")
+            with contextlib.suppress(OSError):
+                assert self.process.stdin is not None
+                self.process.stdin.close()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._thread.join(timeout=2)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+
+# ====================================================================== the clients mode
+def run_clients(a: argparse.Namespace) -> None:
+    """Well-behaved clients until pulled; see the module docstring."""
+    conns: list[dict[str, Any]] = []
+    for index in range(a.count + a.control):
+        sock, parser, welcome, _ = _connect_blocking(a.host, a.port, None, 10.0)
+        sock.setblocking(False)
+        conns.append(
+            {
+                "index": index,
+                "sock": sock,
+                "parser": parser,
+                "session": welcome["session"],
+                "port": sock.getsockname()[1],
+                "state": "open",  # open -> pulled | closed
+                "control": index >= a.count,
+            }
+        )
+    _emit(
+        {
+            "type": "connected",
+            "clients": [
+                {"index": c["index"], "session": c["session"], "port": c["port"]}
+                for c in conns
+                if not c["control"]
+            ],
+            "control": [c["session"] for c in conns if c["control"]],
+        }
+    )
+    ep = select.epoll()
+    by_fd = {c["sock"].fileno(): c for c in conns}
+    for fd in by_fd:
+        ep.register(fd, select.EPOLLIN)
+    stdin_fd = sys.stdin.fileno()
+    os.set_blocking(stdin_fd, False)
+    ep.register(stdin_fd, select.EPOLLIN)
+    counts: dict[str, Any] = {"pings": 0, "closed": {}}
+
+    def drop(c: dict[str, Any], why: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            ep.unregister(c["sock"].fileno())
+        if c["state"] == "open":
+            counts["closed"][why] = counts["closed"].get(why, 0) + 1
+        c["state"] = "closed"
+        c["sock"].close()
+
+    def pull(index: int) -> None:
+        c = conns[index]
+        with contextlib.suppress(OSError, ValueError):
+            ep.unregister(c["sock"].fileno())  # never read (so never answered) again
+        c["sock"].send(text_frame({"type": "echo", "data": "last words"}))
+        last_send = time.time()
+        c["state"] = "pulled"
+        _emit(
+            {
+                "type": "last",
+                "index": index,
+                "session": c["session"],
+                "port": c["port"],
+                "last_send": last_send,
+            }
+        )
+
+    def command(line: str) -> bool:
+        words = line.split()
+        if not words or words[0] == "close":
+            return False
+        if words[0] == "pull":
+            pull(int(words[1]))
+        elif words[0] == "stats":
+            control = [c for c in conns if c["control"]]
+            _emit(
+                {
+                    "type": "stats",
+                    "control": len(control),
+                    "open": sum(1 for c in control if c["state"] == "open"),
+                    "pings": counts["pings"],
+                    "closed": counts["closed"],
+                }
+            )
+        return True
+
+    buf = b""
+    stop_at = time.monotonic() + a.max_seconds
+    running = True
+    while running and time.monotonic() < stop_at:
+        for fd, _ev in ep.poll(0.5):
+            if fd == stdin_fd:
+                chunk = b""
+                with contextlib.suppress(BlockingIOError):
+                    chunk = os.read(stdin_fd, 4096)
+                if not chunk:
+                    running = False
+                    break
+                *lines, buf = (buf + chunk).split(b"\n")
+                for line in lines:
+                    if not command(line.decode()):
+                        running = False
+                continue
+            c = by_fd.get(fd)
+            if c is None or c["state"] != "open":
+                continue
+            try:
+                data = c["sock"].recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                drop(c, type(exc).__name__)
+                continue
+            if not data:
+                drop(c, "eof")
+                continue
+            for opcode, payload in c["parser"].feed(data):
+                if opcode == OP_PING:
+                    counts["pings"] += 1
+                    with contextlib.suppress(OSError):
+                        c["sock"].send(client_frame(OP_PONG, payload))
+                elif opcode == OP_CLOSE:
+                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                    with contextlib.suppress(OSError):
+                        c["sock"].send(client_frame(OP_CLOSE, payload[:2]))
+                    drop(c, f"close {code}")
+                    break
+    for c in conns:
+        with contextlib.suppress(OSError):
+            c["sock"].close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench._cable")
+    parser.add_argument("mode", choices=["clients"])
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--count", type=int, default=5, help="clients to pull, one by one")
+    parser.add_argument("--control", type=int, default=1, help="clients never pulled")
+    parser.add_argument("--max-seconds", type=float, default=600.0)
+    a = parser.parse_args(argv)
+    a.max_seconds = min(a.max_seconds, 3600.0)
+    run_clients(a)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
