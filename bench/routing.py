@@ -23,6 +23,12 @@ last close; the rate of each round in brackets), p50/p99 setup latency, server C
 connection (supervisor + shards, and the supervisor alone: it does the passing), the
 routed fraction, and direct/routed ratios. Everything is bounded: each client process
 stops at ``--max-seconds``.
+
+Defaults: ``--connections 2000 --shards 4 --tasks 16 --client-procs 2 --rounds 2 --probe
+300 --max-seconds 30 --max-outbound-queue 100000`` (about 20-40 s on a 2-core VM). Writes
+``bench/results/routing-<stamp>.json`` (every figure of the table, and every setup latency
+of every path, direct and routed apart) and ``routing-<stamp>-setup_cdf.png`` (the CDF of
+the setup latency: lobby vs room direct vs room routed, loaded and one at a time).
 """
 
 from __future__ import annotations
@@ -34,11 +40,14 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
-from bench._load import CLK_TCK, cpu_seconds, loadavg, machine_info, percentile
+from bench._load import CLK_TCK, cpu_seconds, loadavg, percentile
+from bench._report import Progress, Report
 from tests.support import ROOT, Closed, RawClient, ServerProcess, open_server
 
 ROOM = "bench"
@@ -172,6 +181,8 @@ async def _run_clients(
         for child in children:
             if child.returncode is None:
                 child.kill()
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await child.wait()
     used = [after - before for after, before in zip(_cpu(pids), cpu_before, strict=True)]
     phase.cpu = [a + b for a, b in zip(phase.cpu or [0.0] * len(used), used, strict=True)]
     starts, ends, done = [], [], 0
@@ -310,14 +321,83 @@ class CpuMeter:
         )
 
 
+def _phase_data(p: Phase) -> dict[str, Any]:
+    """One row of the table, raw enough to re-plot (latencies in seconds)."""
+    n = len(p.results)
+    direct, routed = p.split() if p.path != "/" else ([s for _, s in p.results], [])
+    every = sorted(s for _, s in p.results)
+    return {
+        "name": p.name,
+        "path": p.path,
+        "tasks": p.tasks,
+        "connections": n,
+        "errors": dict(p.errors),
+        "span_s": p.span,
+        "conn_per_s": n / p.span if p.span else None,
+        "conn_per_s_rounds": p.rounds,
+        "p50_ms": 1000 * percentile(every, 50) if every else None,
+        "p99_ms": 1000 * percentile(every, 99) if every else None,
+        "cpu_s": {"supervisor": p.cpu[0] if p.cpu else 0.0, "shards": p.cpu[1:]},
+        "cpu_ms_per_conn": 1000 * sum(p.cpu) / n if n else None,
+        "supervisor_cpu_ms_per_conn": 1000 * p.cpu[0] / n if n and p.cpu else None,
+        "routed": p.routed if p.path != "/" else 0,
+        "routed_from_shard": {str(k): v for k, v in sorted(p.routed_from.items())},
+        "direct": {
+            "count": len(direct),
+            "p50_ms": 1000 * percentile(sorted(direct), 50) if direct else None,
+            "p99_ms": 1000 * percentile(sorted(direct), 99) if direct else None,
+            "setup_s": direct,
+        },
+        "routed_setups": {
+            "count": len(routed),
+            "p50_ms": 1000 * percentile(sorted(routed), 50) if routed else None,
+            "p99_ms": 1000 * percentile(sorted(routed), 99) if routed else None,
+            "setup_s": routed,
+        },
+    }
+
+
+def setup_cdf_chart(phases: list[dict[str, Any]]) -> Callable[[Any], Any]:
+    """CDF of the setup latency, lobby vs room (direct and routed); ``phases`` as in the
+    data: lobby and room loaded, then lobby and room one at a time."""
+
+    def draw(plt: Any) -> Any:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        for ax, pair, title in (
+            (axes[0], phases[:2], "loaded"),
+            (axes[1], phases[2:], "unloaded: one at a time"),
+        ):
+            for p in pair:
+                if p["path"] == "/":
+                    series = [("lobby /", p["direct"]["setup_s"])]
+                else:
+                    series = [
+                        ("room, direct (owner)", p["direct"]["setup_s"]),
+                        ("room, routed", p["routed_setups"]["setup_s"]),
+                    ]
+                for label, values in series:
+                    if not values:
+                        continue
+                    xs = sorted(1000 * v for v in values)
+                    ys = [(i + 1) / len(xs) for i in range(len(xs))]
+                    ax.step(xs, ys, where="post", label=f"{label} ({len(xs)})")
+            tasks = pair[0]["tasks"] if pair else 0
+            ax.set_xscale("log")
+            ax.set_xlabel("setup latency, ms (connect + upgrade + welcome)")
+            ax.set_ylabel("fraction of setups")
+            ax.set_ylim(0, 1.01)
+            ax.set_title(f"{title} ({tasks} task{'s' if tasks != 1 else ''})")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(loc="lower right")
+        fig.suptitle("Connection setup latency CDF: lobby (direct) vs room (routed to the owner)")
+        return fig
+
+    return draw
+
+
 # ====================================================================== main
-async def run(a: argparse.Namespace) -> list[str]:
-    out = [
-        f"command:  python -m bench.routing --connections {a.connections} --shards {a.shards}"
-        f" --tasks {a.tasks} --client-procs {a.client_procs} --rounds {a.rounds}"
-        f" --probe {a.probe} --max-outbound-queue {a.max_outbound_queue}",
-        *machine_info(),
-    ]
+async def run(a: argparse.Namespace, bar: Progress) -> tuple[list[str], dict[str, Any]]:
+    """Run the benchmark; the report's lines and its data."""
     lobby = Phase("lobby /", "/", a.tasks)
     room = Phase(f"room /rooms/{ROOM}", f"/rooms/{ROOM}", a.tasks)
     probe_lobby = Phase("lobby /, 1 at a time", "/", 1)
@@ -329,6 +409,13 @@ async def run(a: argparse.Namespace) -> list[str]:
     # it reads all the time (see BENCHMARKS.md), and the room would move between shards.
     server_args = ("--max-outbound-queue", str(a.max_outbound_queue))
     anchor_closed: list[str] = []
+    tasks = {
+        "warm-up": bar.add("warm-up setups", total=2 * warm),
+        lobby.name: bar.add("lobby / setups", total=a.rounds * per_round),
+        room.name: bar.add("room setups", total=a.rounds * per_round),
+    }
+    if a.probe:
+        tasks["probe"] = bar.add("1-at-a-time setups", total=2 * a.probe)
     async with (
         open_server(*server_args, shards=a.shards, echo_logs=False) as server,
         trio.open_nursery() as nursery,
@@ -341,32 +428,55 @@ async def run(a: argparse.Namespace) -> list[str]:
         placed = len(server.log.events("room_placed", room=ROOM))
         for path in ("/", room.path):
             await _run_clients(server, Phase("warm-up", path, a.tasks), warm, a.client_procs, 20)
+            bar.advance(tasks["warm-up"], warm)
         for _ in range(a.rounds):
             for phase in (lobby, room):
                 await _run_clients(server, phase, per_round, a.client_procs, a.max_seconds)
+                bar.update(tasks[phase.name], completed=len(phase.results))
         if a.probe:
             await _run_clients(server, probe_lobby, a.probe, 1, 30)
+            bar.advance(tasks["probe"], a.probe)
             await _run_clients(server, probe_room, a.probe, 1, 30)
+            bar.advance(tasks["probe"], a.probe)
         elapsed = time.monotonic() - started
         cpu = meter.done()
         moved = len(server.log.events("room_placed", room=ROOM)) - placed  # must stay 0
         nursery.cancel_scope.cancel()
     kept = "kept" if not moved and not anchor_closed else "LOST: the room numbers are void"
-    out += [
+    phases = [lobby, room, probe_lobby, probe_room]
+    out = [
         cpu,
         f"server:   {a.shards} shards, default app (demo), --max-outbound-queue"
         f" {a.max_outbound_queue}; room {ROOM!r} owned by shard {owner} ({kept}; anchor"
         f" {anchor_closed[0] if anchor_closed else 'connected'}, re-placed {moved}x);"
         f" {a.client_procs} client process(es); run {elapsed:.0f} s",
         "",
-        *_table([lobby, room, probe_lobby, probe_room]),
+        *_table(phases),
         "",
         *_ratios(lobby, room, probe_room),
     ]
     errors = lobby.errors + room.errors + probe_lobby.errors + probe_room.errors
     if errors:
         out.append(f"client errors: {dict(errors)}")
-    return out
+    data: dict[str, Any] = {
+        "room": ROOM,
+        "owner_shard": owner,
+        "room_kept": not moved and not anchor_closed,
+        "room_re_placed": moved,
+        "anchor": anchor_closed[0] if anchor_closed else "connected",
+        "run_s": elapsed,
+        "cpu_line": cpu,
+        "phases": [_phase_data(p) for p in phases],
+        "client_errors": dict(errors),
+    }
+    if lobby.results and room.results and lobby.span and room.span:
+        data["throughput_lobby_over_room"] = (len(lobby.results) / lobby.span) / (
+            len(room.results) / room.span
+        )
+        data["cpu_per_conn_room_over_lobby"] = (sum(room.cpu) / len(room.results)) / (
+            sum(lobby.cpu) / len(lobby.results)
+        )
+    return out, data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,8 +506,26 @@ def main(argv: list[str] | None = None) -> int:
         port, path, count, tasks, max_seconds = a.client.split(",")
         trio.run(_client_main, int(port), path, int(count), int(tasks), float(max_seconds))
         return 0
-    for line in trio.run(run, a):
+    a.rounds = max(1, a.rounds)
+    report = Report(
+        "routing",
+        settings={
+            "connections": a.connections,
+            "shards": a.shards,
+            "tasks": a.tasks,
+            "client_procs": a.client_procs,
+            "rounds": a.rounds,
+            "probe": a.probe,
+            "max_seconds": a.max_seconds,
+            "max_outbound_queue": a.max_outbound_queue,
+        },
+    )
+    with report.progress() as bar:
+        lines, data = trio.run(run, a, bar)
+    print()
+    for line in lines:
         print(line)
+    report.finish(data, charts={"setup_cdf": setup_cdf_chart(data["phases"])})
     return 0
 
 

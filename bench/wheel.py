@@ -20,24 +20,27 @@ Measured for each number of connections N (median of ``--repeats`` runs):
   wheel, popped and dropped by the heap; nothing is reported;
 * ``tick 1% due``: 1% of the slots go silent past ``interval`` in the tick and are pinged.
 
-Every loop is bounded in count, and the run stops early (saying so) once ``--budget``
-seconds have passed.
+Defaults: ``--sizes 10000,100000,1000000 --repeats 7 --touches 100000 --interval 20
+--timeout 10 --tick 0.1 --budget 100`` (about 5-15 s on a 2-core VM). Every loop is bounded
+in count, and the run stops early (saying so) once ``--budget`` seconds have passed.
+
+Writes ``bench/results/wheel-<stamp>.json`` (every median of the table, in ns) and
+``wheel-<stamp>-cost.png`` (each metric against N per implementation, log-log).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import heapq
-import os
-import platform
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
+from bench._report import Report
 from core.heartbeat_wheel import HeartbeatWheel
 
 DEFAULT_SIZES = "10000,100000,1000000"
@@ -262,23 +265,6 @@ def call_overhead_ns(count: int) -> float:
     return statistics.median(samples)
 
 
-def machine_info() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        f"{platform.platform()} | {cpu} | {os.cpu_count()} CPUs | "
-        f"{platform.python_implementation()} {platform.python_version()} | {now}"
-    )
-
-
 METRICS = [
     ("touch", "touch, random slot", "ns", 1.0),
     ("tick_idle", "tick, idle (no deadline in it)", "us", 1e-3),
@@ -312,6 +298,31 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def cost_chart(table: dict[int, dict[str, dict[str, float]]]) -> Callable[[Any], Any]:
+    """Each metric against N, one line per implementation, log-log."""
+
+    def draw(plt: Any) -> Any:
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+        for ax, (key, label, unit, scale) in zip(axes.flat, METRICS, strict=True):
+            for name, marker in zip(IMPLEMENTATIONS, "os^", strict=True):
+                points = [
+                    (n, r[name][key] * scale) for n, r in table.items() if key in r.get(name, {})
+                ]
+                if points:
+                    ax.plot(*zip(*points, strict=True), marker=marker, label=name)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(label)
+            ax.set_xlabel("connections (slots) N")
+            ax.set_ylabel(unit)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+        fig.suptitle("Heartbeat timers: cost per call vs N (median, lower is better)")
+        return fig
+
+    return draw
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.wheel", description=__doc__.split("\n")[0]
@@ -334,15 +345,24 @@ def main(argv: list[str] | None = None) -> int:
     if (args.repeats + 1) * args.tick >= args.interval:
         parser.error("interval must be longer than (repeats + 1) ticks")
 
+    report = Report(
+        "wheel",
+        settings={
+            "sizes": args.sizes,
+            "interval_s": args.interval,
+            "timeout_s": args.timeout,
+            "tick_s": args.tick,
+            "repeats": args.repeats,
+            "touches": args.touches,
+            "seed": args.seed,
+            "budget_s": args.budget,
+        },
+        title="Heartbeat timer wheel micro-benchmark (python -m bench.wheel)",
+    )
     started = time.monotonic()
     deadline = started + args.budget
-    print("Heartbeat timer wheel micro-benchmark (python -m bench.wheel)")
-    print(f"machine: {machine_info()}")
-    print(
-        f"settings: interval={args.interval:g}s timeout={args.timeout:g}s tick={args.tick:g}s; "
-        f"median of {args.repeats}; {args.touches:,} random touches per run"
-    )
-    print(f"python loop + call of an empty function: {call_overhead_ns(100_000):.0f} ns")
+    overhead = call_overhead_ns(100_000)
+    print(f"python loop + call of an empty function: {overhead:.0f} ns")
     print(
         f"'none due': all slots active, {args.tick / args.interval:.2%} of the deadlines "
         "(tick/interval) fall in the tick but are stale"
@@ -354,36 +374,53 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print("-" * len(header))
+    table: dict[int, dict[str, dict[str, float]]] = {}  # N -> implementation -> metric -> ns
     stopped = False
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for n in args.sizes:
-            if time.monotonic() > deadline:
-                stopped = True
-                break
-            results: dict[str, dict[str, float]] = {}
-            for name in IMPLEMENTATIONS:
+        with report.progress() as bar:
+            task = bar.add("sizes x implementations", total=len(args.sizes) * len(IMPLEMENTATIONS))
+            for n in args.sizes:
                 if time.monotonic() > deadline:
                     stopped = True
                     break
-                results[name] = bench_one(name, n, args, deadline)
-                gc.collect()
-            for key, label, unit, scale in METRICS:
-                w = results.get("wheel", {}).get(key)
-                h = results.get("heapq", {}).get(key)
-                d = results.get("dict", {}).get(key)
-                print(
-                    f"{n:>9,}  {label:<31} {unit:<4} {fmt(w, scale):>9} {fmt(h, scale):>9}"
-                    f" {fmt(d, scale):>9} {ratio(h, w):>11} {ratio(d, w):>10}"
-                )
-            sys.stdout.flush()
+                results: dict[str, dict[str, float]] = {}
+                for name in IMPLEMENTATIONS:
+                    if time.monotonic() > deadline:
+                        stopped = True
+                        break
+                    bar.update(task, description=f"N={n:,} {name}")
+                    results[name] = bench_one(name, n, args, deadline)
+                    gc.collect()
+                    bar.advance(task)
+                table[n] = results
+                for key, label, unit, scale in METRICS:
+                    w = results.get("wheel", {}).get(key)
+                    h = results.get("heapq", {}).get(key)
+                    d = results.get("dict", {}).get(key)
+                    print(
+                        f"{n:>9,}  {label:<31} {unit:<4} {fmt(w, scale):>9} {fmt(h, scale):>9}"
+                        f" {fmt(d, scale):>9} {ratio(h, w):>11} {ratio(d, w):>10}"
+                    )
+                sys.stdout.flush()
+            bar.update(task, description="sizes x implementations")
     finally:
         if gc_was_enabled:
             gc.enable()
     elapsed = time.monotonic() - started
-    note = " (stopped early: time budget reached)" if stopped else ""
-    print(f"\ntotal {elapsed:.1f} s{note}")
+    if stopped:
+        print(f"\nstopped early after {elapsed:.1f} s: time budget (--budget) reached")
+    data = {
+        "unit": "ns (medians); the table prints ticks in us",
+        "metrics": {key: label for key, label, _, _ in METRICS},
+        "call_overhead_ns": overhead,
+        "stale_fraction_per_tick": args.tick / args.interval,
+        "stopped_early": stopped,
+        "elapsed_s": round(elapsed, 2),
+        "results": [{"n": n, **results} for n, results in table.items()],
+    }
+    report.finish(data, charts={"cost": cost_chart(table)} if table else {})
     return 0
 
 
