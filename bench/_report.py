@@ -29,12 +29,13 @@ import os
 import platform
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench._load import ROOT, Interference, loadavg
+from bench._load import CLK_TCK, ROOT, _system_busy_s, loadavg
 
 # BENCH_RESULTS=DIR writes elsewhere (the smoke tests use a temporary directory).
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "bench" / "results")
@@ -81,7 +82,7 @@ class Report:
         self.machine = machine()
         self.started_utc = datetime.datetime.now(datetime.UTC)
         self.started = time.monotonic()
-        self.cpu = Interference()
+        self.cpu = TreeCpu()
         print(title or f"{scenario} ({self.command})")
         for line in self.header_lines():
             print(line)
@@ -118,13 +119,13 @@ class Report:
             "machine": {
                 **self.machine,
                 "loadavg_end": loadavg(),
-                "cpu_of_other_processes_pct": round(self.cpu.others(), 1),
+                **self.cpu.summary(),
             },
             "settings": self.settings,
             "data": data,
         }
         out.write_text(json.dumps(doc, indent=2, default=_jsonable) + "\n")
-        print(f"\n{self.cpu.done()}")
+        print(f"\n{self.cpu.text()}")
         print(f"total {doc['duration_s']:.0f} s")
         print(f"results:  {_shown(out)}")
         for name, draw in (charts or {}).items():
@@ -163,6 +164,81 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return repr(value)
+
+
+class TreeCpu:
+    """CPU used by this process and everything it started, and by the rest of the machine.
+
+    A thread reads ``/proc`` every ``period`` seconds (default 0.5; a scan of a few
+    hundred processes costs well under a millisecond) and keeps, per descendant, the
+    last utime+stime seen: a server tree that was SIGKILLed never reports back through
+    ``getrusage``, so it is sampled instead. What a process used in its last ``period``
+    before it exited is missed.
+    """
+
+    def __init__(self, period: float = 0.5) -> None:
+        self.started = time.monotonic()
+        self.busy0 = _system_busy_s()
+        self.me = os.getpid()
+        self.base: dict[int, float] = {}  # pid -> CPU seconds when first seen
+        self.last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._scan(first=True)
+        self._thread = threading.Thread(target=self._run, args=(period,), daemon=True)
+        self._thread.start()
+
+    def _scan(self, first: bool = False) -> None:
+        parent: dict[int, int] = {}
+        cpu: dict[int, float] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                    fields = f.read().rsplit(") ", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            pid = int(entry)
+            parent[pid] = int(fields[1])
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        for pid, seconds in cpu.items():
+            p, depth = pid, 0
+            while p not in (self.me, 0, 1) and depth < 64:
+                p, depth = parent.get(p, 0), depth + 1
+            if p != self.me:
+                continue
+            if pid not in self.base:
+                # Present at the start: count only from now. Born later: all of it.
+                self.base[pid] = seconds if first or pid == self.me else 0.0
+            self.last[pid] = seconds
+
+    def _run(self, period: float) -> None:
+        while not self._stop.wait(period):
+            self._scan()
+
+    def ours_s(self) -> float:
+        return sum(self.last[p] - self.base[p] for p in self.last)
+
+    def summary(self) -> dict[str, float]:
+        self._scan()
+        wall = time.monotonic() - self.started
+        busy = _system_busy_s() - self.busy0
+        ours = self.ours_s()
+        return {
+            "cpu_all_pct": round(100 * busy / wall, 1),
+            "cpu_ours_pct": round(100 * ours / wall, 1),
+            "cpu_of_other_processes_pct": round(100 * max(0.0, busy - ours) / wall, 1),
+        }
+
+    def text(self) -> str:
+        s = self.summary()
+        self._stop.set()
+        return (
+            f"CPU during the run, in % of one core: all processes {s['cpu_all_pct']:.0f},"
+            f" this benchmark and what it started {s['cpu_ours_pct']:.0f},"
+            f" other processes {s['cpu_of_other_processes_pct']:.0f};"
+            f" loadavg at end {loadavg()}"
+        )
 
 
 class Progress:
