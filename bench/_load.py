@@ -200,6 +200,9 @@ class Server:
         if "--control-socket" not in args:
             self.cmd += ["--control-socket", os.path.join(self._dir, "control.sock")]
         self.shards = shards
+        # The whole log, kept after the run (the path is printed when something fails).
+        fd, self.log_path = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
+        os.close(fd)
         self.process: subprocess.Popen[bytes] | None = None
         self.lines: list[dict[str, str]] = []
         self.raw: list[str] = []
@@ -225,14 +228,21 @@ class Server:
 
     def _pump(self) -> None:
         assert self.process is not None and self.process.stderr is not None
-        for raw in self.process.stderr:
-            text = raw.decode(errors="replace").rstrip("\n")
-            fields = parse(text)
-            with self._cond:
-                self.raw.append(text)
-                if fields:
-                    self.lines.append(fields)
-                self._cond.notify_all()
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            for raw in self.process.stderr:
+                text = raw.decode(errors="replace").rstrip("\n")
+                log.write(text + "\n")
+                fields = parse(text)
+                with self._cond:
+                    self.raw.append(text)
+                    if fields:
+                        self.lines.append(fields)
+                    self._cond.notify_all()
+
+    def exits(self) -> list[str]:
+        """The log lines of shards that exited, for a failure message."""
+        with self._cond:
+            return [line for line in self.raw if "event=shard_exit" in line]
 
     @property
     def pid(self) -> int:

@@ -204,6 +204,11 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
             for f in server.lines
             if f.get("event") not in ("shard_spawn", "shard_ready", "ready", "disconnect")
         )
+    except BaseException:
+        print(f"{name}: failed; server log: {server.log_path}", flush=True)
+        for line in server.exits()[:5]:
+            print(f"    {line}", flush=True)
+        raise
     finally:
         # The server first: a drain (1012, not announced) instead of 10k user_left fan-outs.
         server.stop(timeout=20)
