@@ -200,9 +200,11 @@ class Server:
         if "--control-socket" not in args:
             self.cmd += ["--control-socket", os.path.join(self._dir, "control.sock")]
         self.shards = shards
-        # The whole log, kept after the run (the path is printed when something fails).
+        # The whole log, in a file removed by ``kill`` unless ``keep_log`` was set (a
+        # scenario sets it when something failed, and prints the path).
         fd, self.log_path = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
         os.close(fd)
+        self.keep_log = False
         self.process: subprocess.Popen[bytes] | None = None
         self.lines: list[dict[str, str]] = []
         self.raw: list[str] = []
@@ -292,6 +294,9 @@ class Server:
         if self._thread is not None:
             self._thread.join(timeout=5)
         shutil.rmtree(self._dir, ignore_errors=True)
+        if not self.keep_log:
+            with contextlib.suppress(OSError):
+                os.unlink(self.log_path)
 
     # ------------------------------------------------------------------ the log
     def count(self) -> int:

@@ -205,6 +205,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
             if f.get("event") not in ("shard_spawn", "shard_ready", "ready", "disconnect")
         )
     except BaseException:
+        server.keep_log = True
         print(f"{name}: failed; server log: {server.log_path}", flush=True)
         for line in server.exits()[:5]:
             print(f"    {line}", flush=True)
