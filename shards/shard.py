@@ -75,6 +75,37 @@ from shards.session_host import SessionHost
 from shards.timers import TimerHandle, Timers
 
 LOAD_REPORT_INTERVAL = 1.0  # seconds between Load reports to the supervisor
+PING_BATCH = 64  # pings queued together; a tick's pings are spread in batches this size
+
+
+async def spread_pings(
+    slots: list[int],
+    start: float,
+    next_tick: float,
+    ping: Callable[[list[int]], None],
+    batch: int = PING_BATCH,
+) -> None:
+    """Call ``ping`` on one tick's slots in batches of ``batch`` (default 64) spread
+    evenly over 80% of the time from ``start`` to ``next_tick``.
+
+    A tick holds about N/10 of the connections' pings (tick = interval / 10): queued at
+    once, they wake that many writers together and their pongs come back together, so
+    every other frame of the shard waits behind the whole burst (120-150 ms at 10,000
+    connections on one shard). Cost: a ping leaves up to 0.8 tick after it was decided,
+    which shortens the client's time to answer by as much; the timeout runs from the
+    decision, so the detection bound is unchanged.
+    """
+    if len(slots) <= batch:
+        ping(slots)
+        return
+    batches = [slots[i : i + batch] for i in range(0, len(slots), batch)]
+    step = max(0.0, next_tick - start) * 0.8 / len(batches)
+    for i, part in enumerate(batches):
+        if i:
+            await trio.sleep_until(start + i * step)
+        ping(part)
+
+
 _ACCEPT_RESOURCE_ERRORS = {"EMFILE", "ENFILE", "ENOMEM", "ENOBUFS"}
 
 
@@ -613,14 +644,17 @@ class Shard:
             if now - deadline > tick:
                 deadline = now  # the loop stalled: do not fire a burst of catch-up ticks
             pings, closes = self.wheel.advance(now)
-            for slot in pings:
-                conn = self.connections.get(slot)
-                if conn is not None:
-                    conn.ping()
             for slot in closes:
                 conn = self.connections.get(slot)
                 if conn is not None:
                     conn.expire(now - self.wheel.last_activity(slot))
+            await spread_pings(pings, now, deadline + tick, self._ping)
+
+    def _ping(self, slots: list[int]) -> None:
+        for slot in slots:
+            conn = self.connections.get(slot)
+            if conn is not None:
+                conn.ping()
 
     # ================================================================== control channel
     def _control(self, message: ControlMessage) -> None:
