@@ -2,57 +2,67 @@
 
 Starts ``python -m supervisor --shards 4`` (default app) and connects N lobby receivers
 (default 1000; ``--clients 1000,10000`` runs several sizes) spread over ``--client-procs``
-separate processes of this module (``python -m bench.broadcast recv ...``: raw sockets, a
-hand-rolled frame codec, epoll; never the server's process). One more raw connection, the
-sender, sends K ``say`` messages (default 5, 1 s apart). Every session on every shard gets
-``said``; each receiver process stamps the arrival of each ``said`` with
-``time.monotonic()`` (one clock for every process of the machine). Reported per say: the
-time from just before the sender's ``sendall`` until the first, median, p99 and last
-receiver had it, and how many of the N got it.
+separate processes of this module (``python -m bench broadcast recv ...``: raw sockets, a
+hand-rolled frame codec, epoll; never the server's process), each from its own loopback
+source address (127.0.0.2, 127.0.0.3, ...). One more raw connection, the sender, sends K
+``say`` messages (default 5, 1 s apart). Every session on every shard gets ``said``; each
+receiver process stamps the arrival of each ``said`` with ``time.monotonic()`` (one clock
+for every process of the machine). Reported per say: the time from just before the
+sender's ``sendall`` until the first, median, p99 and last receiver had it, and how many
+of the N got it.
 
 The same is then measured against ``bench/peers/websockets_broadcast.py`` (python-websockets,
 one asyncio process, ``websockets.broadcast``; skipped with ``--no-peer`` or when
 websockets is not installed).
 
-Output: a table and ``bench/results/broadcast-<timestamp>.json``. The receivers share the
-2 cores with the shards, so the tail includes the time the receiver processes need to read
-N frames (their CPU seconds are in the JSON).
+Output: a table; the JSON (per size and server: each say's figures, the percentiles 0..100
+of all its receivers' latencies, connect time, the receivers' CPU seconds); ``-cdf.png``:
+the latency CDF (time from the send to each receiver, all says pooled) per server and
+size. The receivers share the 2 cores with the shards, so the tail includes the time the
+receiver processes need to read N frames (their CPU seconds are in the JSON). 10,000
+receivers (``--clients 10000``) connected in 5-10 s per server on the 2-core machine; the
+whole run then took about 30 s with ``--says 3``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import importlib.util
 import json
 import os
+import queue
 import resource
 import select
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from bench._load import (
+    OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    ROOT,
+    FrameParser,
     Server,
     client_frame,
-    machine_info,
+    handshake_request,
     percentile,
 )
-from bench.echo import PeerProcess, _open
+from bench._report import Progress, Report
+from bench.echo import PeerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 NO_RATE_LIMIT = ["--max-message-rate", "1e9", "--message-burst", "1e9"]
 TAG = "bcast-"
+PROGRESS_S = 0.2
+CLOSE_NORMAL = (1000).to_bytes(2, "big")
 
 
 def _raise_nofile() -> None:
@@ -61,19 +71,71 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _emit(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+class _Conn:
+    __slots__ = ("sock", "parser")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.parser = FrameParser()
+
+
+def _open(host: str, port: int, source: str | None = None, timeout: float = 30.0) -> _Conn:
+    """Connect (from ``source`` if given), upgrade, and read the welcome (not counted)."""
+    sock = socket.create_connection(
+        (host, port), timeout=timeout, source_address=(source, 0) if source else None
+    )
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(handshake_request(host, port))
+    buf = b""
+    for _ in range(1000):  # a head is a few hundred bytes
+        if b"\r\n\r\n" in buf:
+            break
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed during handshake")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
+        raise ConnectionError(f"handshake refused: {head.splitlines()[0]!r}")
+    conn = _Conn(sock)
+    frames = conn.parser.feed(rest) if rest else []
+    for _ in range(1000):
+        if any(op in (OP_TEXT, OP_BINARY) for op, _ in frames):
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before welcome")
+        frames = conn.parser.feed(chunk)
+    sock.settimeout(None)
+    return conn
+
+
 # ====================================================================== receiver process
 def run_recv(a: argparse.Namespace) -> None:
-    """Connect ``--conns`` (welcome each), print ``ready``; stamp every ``said`` until a
-    line on stdin or ``--seconds``; print JSON ``{"times": {k: [monotonic, ...]}}``."""
+    """Connect ``--conns`` (welcome each) from ``--source``; stamp every ``said`` until a
+    line on stdin or ``--seconds``. JSON lines on stdout: ``progress`` (connected so far)
+    every 0.2 s while connecting, ``ready``, then ``result`` ``{"times": {k: [t, ...]}}``."""
     _raise_nofile()
-    conns = [_open(a.host, a.port, welcome=True, timeout=30.0) for _ in range(a.conns)]
+    conns = []
+    last = time.monotonic()
+    for i in range(a.conns):
+        conns.append(_open(a.host, a.port, a.source))
+        if time.monotonic() - last >= PROGRESS_S:
+            last = time.monotonic()
+            _emit({"type": "progress", "connected": i + 1})
     by_fd = {c.sock.fileno(): c for c in conns}
     ep = select.epoll()
     for fd in by_fd:
         ep.register(fd, select.EPOLLIN)
     stdin_fd = sys.stdin.fileno()
     ep.register(stdin_fd, select.EPOLLIN)
-    print("ready", flush=True)
+    _emit({"type": "progress", "connected": len(conns)})
+    _emit({"type": "ready"})
     times: dict[str, list[float]] = {}
     errors: dict[str, int] = {}
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -106,66 +168,156 @@ def run_recv(a: argparse.Namespace) -> None:
                     if text.startswith(TAG):
                         times.setdefault(text[len(TAG) :], []).append(t)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    close = client_frame(OP_CLOSE, CLOSE_NORMAL)  # a clean 1000, not a dropped connection
     for c in conns:
         with contextlib.suppress(OSError):
+            c.sock.send(close)
             c.sock.close()
-    out = {
-        "times": times,
-        "errors": errors,
-        "cpu_s": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
-    }
-    sys.stdout.write(json.dumps(out) + "\n")
-    sys.stdout.flush()
+    _emit(
+        {
+            "type": "result",
+            "times": times,
+            "errors": errors,
+            "cpu_s": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
+        }
+    )
+
+
+# ====================================================================== the parent's side
+class Receivers:
+    """One ``python -m bench broadcast recv`` process and what it has reported."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.process = subprocess.Popen(
+            cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.connected = 0
+        self.ready = False
+        self.result: dict[str, Any] | None = None
+        self.eof = False
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with contextlib.suppress(ValueError):
+                self.messages.put(json.loads(line))
+        self.messages.put({"type": "eof"})
+
+    def poll(self) -> None:
+        for _ in range(self.messages.qsize()):
+            try:
+                m = self.messages.get_nowait()
+            except queue.Empty:
+                return
+            kind = m.get("type")
+            if kind == "progress":
+                self.connected = m["connected"]
+            elif kind == "ready":
+                self.ready = True
+            elif kind == "result":
+                self.result = m
+            elif kind == "eof":
+                self.eof = True
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            assert self.process.stdin is not None
+            self.process.stdin.write("stop\n")
+            self.process.stdin.flush()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+
+
+def _wait(
+    children: list[Receivers],
+    what: str,
+    seconds: float,
+    bar: Progress | None = None,
+    task: int = 0,
+) -> bool:
+    """Poll until every child is ``ready`` / has a ``result``; False at ``seconds`` or when
+    one exited without it."""
+    deadline = time.monotonic() + seconds
+    for _ in range(int(seconds / 0.05) + 2):
+        for c in children:
+            c.poll()
+        if bar is not None:
+            bar.update(task, completed=sum(c.connected for c in children))
+        have = [c.ready if what == "ready" else c.result is not None for c in children]
+        if all(have):
+            return True
+        if any(c.eof and not h for c, h in zip(children, have, strict=True)):
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return False
 
 
 # ====================================================================== one size
-def measure(port: int, clients: int, a: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    name: str, port: int, clients: int, a: argparse.Namespace, bar: Progress
+) -> dict[str, Any]:
     procs = max(1, min(a.client_procs, clients))
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    children: list[subprocess.Popen[str]] = []
+    children: list[Receivers] = []
     sender = None
     t_connect = time.monotonic()
+    sent: dict[str, float] = {}
     try:
-        for n in per:
+        for i, n in enumerate(per):
             cmd = [sys.executable, "-m", "bench.broadcast", "recv", "--port", str(port)]
-            cmd += ["--conns", str(n), "--seconds", str(a.says * a.interval + 60)]
-            children.append(
-                subprocess.Popen(
-                    cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-                )
+            cmd += ["--conns", str(n), "--seconds", str(a.says * a.interval + 120)]
+            cmd += ["--source", f"127.0.0.{2 + i % 250}"]
+            children.append(Receivers(cmd))
+        task = bar.add(f"{name}: connecting", total=clients)
+        if not _wait(children, "ready", a.connect_timeout, bar, task):
+            got = sum(c.connected for c in children)
+            raise RuntimeError(
+                f"{got} of {clients} receivers connected within {a.connect_timeout:g} s"
             )
-        for child in children:
-            assert child.stdout is not None
-            if child.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"receiver did not connect (exit {child.wait()})")
         connect_s = time.monotonic() - t_connect
-        sender = _open("127.0.0.1", port, welcome=True)
+        sender = _open("127.0.0.1", port)
         sender.sock.setblocking(False)
-        sent: dict[str, float] = {}
         time.sleep(0.5)
+        task = bar.add(f"{name}: says {a.interval:g} s apart", total=a.says)
         for k in range(a.says):
             frame = client_frame(OP_TEXT, json.dumps({"type": "say", "text": f"{TAG}{k}"}).encode())
             sent[str(k)] = time.monotonic()
             sender.sock.sendall(frame)
             time.sleep(a.interval)
             with contextlib.suppress(BlockingIOError):
-                while sender.sock.recv(65536):  # drain its own ``said`` copies
-                    pass
+                for _ in range(10_000):  # drain its own ``said`` copies
+                    if not sender.sock.recv(65536):
+                        break
+            bar.update(task, completed=k + 1)
         time.sleep(max(0.0, 2.0 - a.interval))
-        results = []
-        for child in children:
-            out, _ = child.communicate("stop\n", timeout=60)
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        for c in children:
+            c.stop()
+        if not _wait(children, "result", 60.0):
+            raise RuntimeError("a receiver process did not report within 60 s")
+        results = [c.result for c in children if c.result is not None]
     finally:
         if sender is not None:
+            with contextlib.suppress(OSError):
+                sender.sock.setblocking(True)
+                sender.sock.send(client_frame(OP_CLOSE, CLOSE_NORMAL))
             sender.sock.close()
-        for child in children:
-            if child.poll() is None:
-                os.kill(child.pid, signal.SIGKILL)
-                child.wait()
+        for c in children:
+            c.kill()
     says = []
+    pooled: list[float] = []
     for k, t0 in sent.items():
         lat = sorted((t - t0) * 1000 for res in results for t in res["times"].get(k, []))
+        pooled += lat
         says.append(
             {
                 "say": int(k),
@@ -176,6 +328,7 @@ def measure(port: int, clients: int, a: argparse.Namespace) -> dict[str, Any]:
                 "last_ms": round(lat[-1], 2) if lat else None,
             }
         )
+    pooled.sort()
     errors: dict[str, int] = {}
     for res in results:
         for key, v in res["errors"].items():
@@ -187,6 +340,9 @@ def measure(port: int, clients: int, a: argparse.Namespace) -> dict[str, Any]:
         "receiver_cpu_s": round(sum(r["cpu_s"] for r in results), 2),
         "errors": errors,
         "says": says,
+        # every say's receivers together: percentiles 0, 1, ..., 100 of the latency (ms)
+        "cdf_ms": [round(percentile(pooled, q), 3) for q in range(101)] if pooled else [],
+        "_pooled_ms": pooled,  # for the chart only; dropped before the JSON
     }
 
 
@@ -222,72 +378,111 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def cdf_chart(rows: list[dict[str, Any]], a: argparse.Namespace) -> Any:
+    def draw(plt: Any) -> Any:
+        fig, ax = plt.subplots(figsize=(10, 5.5))
+        servers = list(dict.fromkeys(r["server"] for r in rows))
+        colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+        styles = ["-", "--", ":", "-."]
+        sizes = sorted({r["clients"] for r in rows})
+        for r in rows:
+            lat = r["_pooled_ms"]
+            if not lat:
+                continue
+            n = len(lat)
+            ys = [(i + 1) / n for i in range(n)]
+            ax.step(
+                lat,
+                ys,
+                where="post",
+                color=colors[servers.index(r["server"]) % len(colors)],
+                ls=styles[sizes.index(r["clients"]) % len(styles)],
+                lw=1.5,
+                label=f"{r['server']}, {r['clients']} clients: p50 "
+                f"{percentile(lat, 50):.1f} ms, p99 {percentile(lat, 99):.1f} ms",
+            )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(
+            plt.FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:g}"[0] in "25" else "")
+        )
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("ms from the say's send until this receiver had it (log scale)")
+        ax.set_ylabel("fraction of receivers")
+        ax.set_title(
+            f"Broadcast fan-out: one say to every lobby client, {a.says} says pooled; "
+            f"ours on {a.shards} shards",
+            fontsize=10,
+        )
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+        return fig
+
+    return draw
+
+
 def run_bench(a: argparse.Namespace) -> int:
-    info = machine_info()
-    print("\n".join(info))
-    print(
-        f"settings: clients {a.clients}, shards {a.shards}, {a.says} says {a.interval:g} s "
-        f"apart, {a.client_procs} receiver procs (raw sockets + epoll)",
-        flush=True,
-    )
-    rows = []
     servers = [f"ours {a.shards}sh"]
+    skipped = ""
     if a.peer and importlib.util.find_spec("websockets") is not None:
         servers.append("websockets 1proc")
     elif a.peer:
-        print("skip websockets: not installed (pip install -e '.[bench]')", flush=True)
-    for name in servers:
-        server: Server | PeerProcess
-        if name.startswith("ours"):
-            server = Server(*NO_RATE_LIMIT, shards=a.shards)
-        else:
-            server = PeerProcess("bench.peers.websockets_broadcast", pin=False)
-        try:
-            server.start()
-            for n in a.clients:
-                t0 = time.monotonic()
-                rows.append({"server": name, **measure(server.port, n, a)})
-                print(
-                    f"done {name} {n} clients: connected in {rows[-1]['connect_s']} s, "
-                    f"run {time.monotonic() - t0:.1f} s",
-                    flush=True,
-                )
-                time.sleep(1.0)  # let the server forget the previous receivers
-        finally:
-            if isinstance(server, Server):
-                server.kill()
+        skipped = "skip websockets: not installed (pip install -e '.[bench]')"
+    report = Report(
+        "broadcast",
+        {
+            "clients": a.clients,
+            "shards": a.shards,
+            "says": a.says,
+            "interval_s": a.interval,
+            "client_procs": a.client_procs,
+            "receivers": "raw sockets + epoll",
+            "servers": servers,
+        },
+    )
+    if skipped:
+        print(skipped, flush=True)
+    rows = []
+    with report.progress() as bar:
+        for name in servers:
+            server: Server | PeerProcess
+            if name.startswith("ours"):
+                server = Server(*NO_RATE_LIMIT, shards=a.shards)
             else:
-                server.stop()
+                server = PeerProcess("bench.peers.websockets_broadcast", pin=False)
+            try:
+                server.start()
+                for n in a.clients:
+                    rows.append({"server": name, **measure(f"{name} {n}", server.port, n, a, bar)})
+                    time.sleep(1.0)  # let the server forget the previous receivers
+            finally:
+                if isinstance(server, Server):
+                    server.kill()
+                else:
+                    server.stop()
     print()
     print(table(rows))
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"broadcast-{stamp}.json"
-    settings = {
-        "clients": a.clients,
-        "shards": a.shards,
-        "says": a.says,
-        "interval_s": a.interval,
-        "client_procs": a.client_procs,
-        "servers": servers,
-    }
-    doc = {"scenario": "broadcast", "info": info, "settings": settings, "rows": rows}
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"\nresults:  {out.relative_to(ROOT)}")
+    chart = cdf_chart(rows, a)
+    data = {"rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]}
+    report.finish(data, charts={"cdf": chart})
     return 0
 
 
 # ====================================================================== CLI
 def _sizes(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+    sizes = [int(x) for x in text.split(",") if x.strip()]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes are positive integers, e.g. 1000,10000")
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["recv"]:
-        p = argparse.ArgumentParser(prog="python -m bench.broadcast recv")
+        p = argparse.ArgumentParser(prog="python -m bench broadcast recv")
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, required=True)
+        p.add_argument("--source", default=None, help="local address to connect from")
         p.add_argument("--conns", type=int, default=1)
         p.add_argument("--seconds", type=float, default=60.0)
         run_recv(p.parse_args(argv[1:]))
@@ -305,12 +500,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between says (default 1)")
     p.add_argument("--client-procs", type=int, default=2, help="receiver processes (default 2)")
     p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=120.0,
+        help="bound on connecting the receivers, s (default 120)",
+    )
+    p.add_argument(
         "--no-peer",
         dest="peer",
         action="store_false",
         help="skip the python-websockets peer (bench/peers/websockets_broadcast.py)",
     )
-    return run_bench(p.parse_args(argv))
+    a = p.parse_args(argv)
+    if a.shards < 1 or a.says < 1 or a.interval <= 0 or a.client_procs < 1:
+        p.error("--shards, --says and --client-procs must be >= 1, --interval > 0")
+    return run_bench(a)
 
 
 if __name__ == "__main__":

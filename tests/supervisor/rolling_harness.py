@@ -4,7 +4,9 @@ Shared by the rolling-restart tests and ``bench/rolling.py``: N reconnecting cli
 (``client.open_reconnecting_client``) spread over the lobby and rooms; each sends numbered
 ``echo`` messages (client -> server: an echo seen twice was processed twice, one never seen
 was lost) and every client receives the numbered ``say`` stream of one driver client
-(server -> client). ``connected`` is sampled every 50 ms.
+(server -> client). ``connected`` is sampled every 50 ms. An optional ``bar`` (anything
+with ``add`` and ``update``, e.g. ``bench._report.Progress``) shows the connecting
+and the settling.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -33,6 +35,18 @@ ROLL_ARGS = (
     "--heartbeat-timeout",
     "2",
 )
+SAMPLE_S = 0.05
+MAX_SAMPLES = 72_000  # one hour of 50 ms samples: the sampler ends even if nothing stops it
+
+
+class Bar(Protocol):
+    """What ``run_crowd`` needs of a progress display (``bench._report.Progress`` fits)."""
+
+    def add(self, description: str, total: float | None = None) -> int: ...
+
+    def update(
+        self, task: int, *, completed: float | None = None, description: str | None = None
+    ) -> None: ...
 
 
 @dataclass
@@ -89,6 +103,12 @@ class Crowd:
         t = self.totals()
         return t["c2s_lost"] == 0 and t["s2c_lost"] == 0
 
+    def delivered(self) -> tuple[int, int]:
+        """(messages that arrived at least once, messages sent), both directions together."""
+        t = self.totals()
+        sent = t["c2s_sent"] + t["s2c_sent"]
+        return sent - t["c2s_lost"] - t["s2c_lost"], sent
+
 
 def paths(count: int, rooms: int, per_room: int) -> list[str]:
     out = [f"/rooms/r{i % rooms}" for i in range(min(count, rooms * per_room))]
@@ -103,8 +123,10 @@ async def run_crowd(
     *,
     rate: float = 4.0,
     settle: float = 30.0,
+    bar: Bar | None = None,
 ) -> None:
-    """Connect everyone, start traffic, ``await during()``, stop traffic, let it settle."""
+    """Connect everyone, start traffic, ``await during()``, stop traffic, let it settle
+    (until every message arrived, at most ``settle`` seconds)."""
     backoff = Backoff(base=0.05, cap=1.0, max_retries=30)
     stop = trio.Event()
     clients: dict[int, Any] = {}
@@ -152,9 +174,9 @@ async def run_crowd(
                     player.ended_in_session = client.session
 
     async def sampler() -> None:
-        while True:
+        for _ in range(MAX_SAMPLES):
             crowd.samples.append((trio.current_time(), len(connected_now)))
-            await trio.sleep(0.05)
+            await trio.sleep(SAMPLE_S)
 
     async def driver(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with open_reconnecting_client(server.url("/"), backoff=backoff) as d:
@@ -168,15 +190,25 @@ async def run_crowd(
             await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
-        for player in crowd.players:
+        connecting = bar.add("connecting players", total=len(crowd.players)) if bar else 0
+        for n, player in enumerate(crowd.players, 1):
             await nursery.start(play, player)
+            if bar:
+                bar.update(connecting, completed=n)
         all_in.set()
         nursery.start_soon(sampler)
         await nursery.start(driver)
         await during()
         stop.set()
+        got, sent = crowd.delivered()  # ``sent`` is final: nothing is sent after ``stop``
+        settling = bar.add(f"messages arrived (<= {settle:g} s)", total=sent) if bar else 0
         with trio.move_on_after(settle):
-            while not crowd.complete():
+            for _ in range(int(settle / 0.1) + 1):
+                got, sent = crowd.delivered()
+                if bar:
+                    bar.update(settling, completed=got)
+                if got == sent:
+                    break
                 await trio.sleep(0.1)
         for player in crowd.players:
             player.ended_in_session = clients[player.index].session
