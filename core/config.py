@@ -79,3 +79,7 @@ class ShardConfig(msgspec.Struct, kw_only=True, frozen=True):
     index: int
     generation: int
     server: ServerConfig
+    # Unix time the supervisor started (0 = unknown). Every session it can find lives in
+    # its memory (directory, checkpoints), so a token issued before then names a session
+    # of an earlier run: a shard refuses it at once instead of routing and fetching it.
+    booted_at: float = 0.0

@@ -36,6 +36,7 @@ class TokenClaims:
     session_id: str
     epoch: int
     expires_at: float
+    issued_at: float  # expires_at - the signer's ttl (whole seconds: up to 1 s early)
 
 
 class TokenSigner:
@@ -71,7 +72,7 @@ class TokenSigner:
         sid, epoch, expires = _BODY.unpack(body)
         if now >= expires:
             raise TokenError("expired", "token expired")
-        return TokenClaims(sid.hex(), epoch, float(expires))
+        return TokenClaims(sid.hex(), epoch, float(expires), float(expires) - self.ttl)
 
 
 def load_or_create_secret(path: str | os.PathLike[str]) -> bytes:

@@ -45,7 +45,7 @@ from core.session import (
     SessionState,
     SessionStateError,
 )
-from core.tokens import TokenError, TokenSigner
+from core.tokens import TokenClaims, TokenError, TokenSigner
 from shards.log import log
 
 if TYPE_CHECKING:
@@ -84,8 +84,10 @@ class SessionHost:
         app: App,
         heartbeat: HeartbeatInfo,
         control: Callable[[ControlMessage], None] | None,
+        booted_at: float = 0.0,
     ) -> None:
         self.shard_index = shard_index
+        self.booted_at = booted_at
         self.config = config
         self.signer = signer
         self.app = app
@@ -112,11 +114,20 @@ class SessionHost:
         return room in self.rooms
 
     def session_of_token(self, token: str) -> str | None:
-        """The session a genuine token names (for routing; the resume checks the rest)."""
+        """The session a genuine token names (for routing; the resume checks the rest).
+        None for a token of an earlier run: nobody holds its session, nothing to route."""
         try:
-            return self.signer.verify(token, time.time()).session_id
+            claims = self.signer.verify(token, time.time())
         except TokenError:
             return None
+        return None if self._before_boot(claims) else claims.session_id
+
+    def _before_boot(self, claims: TokenClaims) -> bool:
+        """Issued before the supervisor started (with 2 s for the token's whole-second
+        expiry and clock steps): its session died with the previous run. Refusing it here
+        keeps a reconnect storm after a full restart from queueing 10,000 routes and
+        fetches through the supervisor, each answered "expired" in the end."""
+        return self.booted_at > 0 and claims.issued_at < self.booted_at - 2.0
 
     async def open(self, token: str | None, last_seq: int, room: str | None = None) -> Opened:
         """A new session, or the resumed one (fetched from another shard if need be)."""
@@ -127,6 +138,8 @@ class SessionHost:
         except TokenError as exc:
             return self._failed_resume(exc.reason, str(exc), room)
         session = self.sessions.get(claims.session_id)
+        if session is None and self._before_boot(claims):
+            return self._failed_resume("expired", "issued before this server started", room)
         if session is None:
             session, error = await self._fetch(claims.session_id, claims.epoch)
             # A racing resume on this shard may have brought the session here meanwhile:

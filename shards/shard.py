@@ -144,7 +144,13 @@ class Shard:
             signer = TokenSigner(load_or_create_secret(self.server.secret_file))
             control = self._control if control_sock is not None else None
             self.host = SessionHost(
-                self.shard_index, self.server, signer, app, self.heartbeat_info, control
+                self.shard_index,
+                self.server,
+                signer,
+                app,
+                self.heartbeat_info,
+                control,
+                booted_at=config.booted_at,
             )
         self._control_send, self._control_recv = trio.open_memory_channel[bytes](math.inf)
         self._control_queued = 0

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import msgspec
 import trio
@@ -144,6 +145,7 @@ class Supervisor:
         host, port = self.sock.getsockname()[:2]
         self.port = port
         self.started_at = trio.current_time()
+        self.booted_at = time.time()  # tokens issued before name sessions of an earlier run
         control_sock = control_socket.bind(self.config.control_socket)
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -401,7 +403,9 @@ class Supervisor:
         # Connections routed between shards travel as fds over a second, message-oriented
         # pair: one datagram = one routing note + one fd.
         handoff_parent, handoff_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        shard_config = ShardConfig(index=index, generation=generation, server=self.config)
+        shard_config = ShardConfig(
+            index=index, generation=generation, server=self.config, booted_at=self.booted_at
+        )
         cmd = [
             sys.executable,
             "-m",

@@ -44,7 +44,7 @@ def test_issue_verify_round_trip() -> None:
     signer = TokenSigner(SECRET, ttl=60.0)
     token = signer.issue(SID, 7, NOW)
     assert re.fullmatch(r"[A-Za-z0-9_-]+", token)  # URL-safe, no padding
-    assert signer.verify(token, NOW) == TokenClaims(SID, 7, NOW + 60.0)
+    assert signer.verify(token, NOW) == TokenClaims(SID, 7, NOW + 60.0, NOW)
 
 
 @settings(max_examples=200, deadline=None)
