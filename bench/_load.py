@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import datetime
 import errno
 import json
 import os
-import platform
 import queue
 import random
-import resource
 import select
 import shutil
 import signal
@@ -56,23 +53,6 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
 
 # ====================================================================== machine and /proc
-def machine_info() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = loadavg()
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return [
-        f"date:     {now}",
-        f"machine:  {platform.platform()} | {cpu} | {os.cpu_count()} CPUs | "
-        f"{platform.python_implementation()} {platform.python_version()}",
-        f"loadavg:  {load} (1/5/15 min, at start)",
-    ]
-
-
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -85,45 +65,6 @@ def _system_busy_s() -> float:
     with open("/proc/stat", encoding="ascii") as f:
         fields = [int(x) for x in f.readline().split()[1:9]]
     return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
-
-
-def _ours_s() -> float:
-    """CPU seconds of this process and of every descendant it (or they) waited for."""
-    me, kids = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-class Interference:
-    """How much CPU processes other than ours used while the benchmark ran.
-
-    Call ``done()`` after every child was waited for (the shards are counted through
-    the supervisor, which waits for them).
-    """
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.busy0 = _system_busy_s()
-        self.ours0 = _ours_s()
-
-    def others(self) -> float:
-        """% of one core used by other processes since the start."""
-        wall = time.monotonic() - self.started
-        other = (_system_busy_s() - self.busy0) - (_ours_s() - self.ours0)
-        return max(0.0, 100.0 * other / wall)
-
-    def done(self) -> str:
-        wall = time.monotonic() - self.started
-        busy = _system_busy_s() - self.busy0
-        ours = _ours_s() - self.ours0
-        other = max(0.0, busy - ours)
-        return (
-            f"CPU during the run: all processes {100 * busy / wall:.0f}% of one core,"
-            f" this benchmark's {100 * ours / wall:.0f}%, others {100 * other / wall:.0f}%;"
-            f" loadavg at end {loadavg()}"
-        )
 
 
 def rss_kib(pid: int) -> int:

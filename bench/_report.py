@@ -230,9 +230,14 @@ class TreeCpu:
             "cpu_of_other_processes_pct": round(100 * max(0.0, busy - ours) / wall, 1),
         }
 
-    def text(self) -> str:
+    def close(self) -> dict[str, float]:
+        """The summary, and stop sampling."""
         s = self.summary()
         self._stop.set()
+        return s
+
+    def text(self) -> str:
+        s = self.close()
         return (
             f"CPU during the run, in % of one core: all processes {s['cpu_all_pct']:.0f},"
             f" this benchmark and what it started {s['cpu_ours_pct']:.0f},"

@@ -56,13 +56,12 @@ from typing import Any
 from bench._load import (
     SERVER_ROOT,
     Child,
-    Interference,
     Server,
     cpu_seconds,
     percentile,
     rss_kib,
 )
-from bench._report import Progress, Report
+from bench._report import Progress, Report, TreeCpu
 
 HEARTBEAT = ("--heartbeat-interval", "5", "--heartbeat-timeout", "15")
 # Control run (--no-heartbeat): the long preset pings after 300 s, i.e. never in a run.
@@ -79,7 +78,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
     workers: list[Child] = []
     active: Child | None = None
     out: dict[str, Any] = {"variant": name}
-    cpu = Interference()
+    cpu = TreeCpu()
     try:
         server.start()
         pids = list(server.shard_pids().values())
@@ -217,7 +216,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
             active.stop()
         for w in workers:
             w.stop()
-        out["others"] = cpu.others()
+        out["others"] = cpu.close()["cpu_of_other_processes_pct"]
     return out
 
 
