@@ -31,15 +31,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
-import json
 import os
-import queue
 import select
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -47,7 +43,7 @@ from bench._load import (
     OP_CLOSE,
     OP_PING,
     OP_PONG,
-    ROOT,
+    JsonProcess,
     _connect_blocking,
     _emit,
     client_frame,
@@ -188,14 +184,14 @@ class Cable:
         return problems
 
 
-class CableClients:
+class CableClients(JsonProcess):
     """The ``clients`` mode in the namespace, as a subprocess speaking JSON lines."""
 
     def __init__(
         self, cable: Cable, port: int, count: int, control: int, max_seconds: float
     ) -> None:
         # ``ip netns exec`` execs the command (no fork): this pid is the Python process.
-        self.process = subprocess.Popen(
+        super().__init__(
             [
                 "ip",
                 "netns",
@@ -215,66 +211,8 @@ class CableClients:
                 str(control),
                 "--max-seconds",
                 str(max_seconds),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
+            ]
         )
-        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            try:
-                self.messages.put(json.loads(raw))
-            except ValueError:
-                print(f"[pulled-cable clients {self.pid}] {raw.decode(errors='replace').rstrip()}")
-        self.messages.put({"type": "eof"})
-
-    def send(self, command: str) -> None:
-        assert self.process.stdin is not None
-        with contextlib.suppress(OSError):
-            self.process.stdin.write(command.encode() + b"\n")
-            self.process.stdin.flush()
-
-    def expect(self, type_: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                message = self.messages.get(timeout=left)
-            except queue.Empty:
-                break
-            if message.get("type") == type_:
-                return message
-            if message.get("type") == "eof":
-                raise RuntimeError(f"pulled-cable clients exited before sending {type_!r}")
-        raise TimeoutError(f"pulled-cable clients: no {type_!r} within {timeout:g} s")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask it to close and exit; SIGKILL (by pid) if it does not."""
-        if self.process.poll() is None:
-            self.send("close")
-            with contextlib.suppress(OSError):
-                assert self.process.stdin is not None
-                self.process.stdin.close()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._thread.join(timeout=2)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
 
 
 # ====================================================================== the clients mode

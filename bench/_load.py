@@ -286,15 +286,17 @@ class Server:
 
 
 # ====================================================================== client subprocesses
-class Child:
-    """A ``python -m bench._load MODE`` subprocess speaking JSON lines on stdout."""
+class JsonProcess:
+    """A load subprocess that prints JSON lines on stdout and takes commands on stdin.
 
-    def __init__(self, mode: str, *args: str) -> None:
+    ``messages`` fills from a reader thread; ``expect`` waits for one type (dropping the
+    others), ``pending`` takes what has come without waiting. ``stop`` asks it to close
+    (``close`` on stdin, then EOF) and kills it by pid if it does not exit.
+    """
+
+    def __init__(self, cmd: list[str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench._load", mode, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT
         )
         self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
         self._thread = threading.Thread(target=self._pump, daemon=True)
@@ -345,7 +347,8 @@ class Child:
                 raise RuntimeError(f"child {self.pid} exited before sending {type_!r}")
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask it to close its sockets and exit; SIGCONT + SIGKILL if it does not."""
+        """Ask it to close its sockets and exit; SIGCONT + SIGKILL if it does not (a
+        SIGSTOPped zombie cannot exit)."""
         if self.process.poll() is None:
             self.send("close")
             with contextlib.suppress(OSError):
@@ -364,6 +367,13 @@ class Child:
                 os.kill(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
+
+
+class Child(JsonProcess):
+    """A ``python -m bench._load MODE`` subprocess."""
+
+    def __init__(self, mode: str, *args: str) -> None:
+        super().__init__([sys.executable, "-m", "bench._load", mode, *args])
 
 
 # ====================================================================== raw WebSocket client

@@ -30,16 +30,11 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import os
-import queue
 import resource
 import select
-import signal
 import socket
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -49,8 +44,8 @@ from bench._load import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    ROOT,
     FrameParser,
+    JsonProcess,
     Server,
     client_frame,
     handshake_request,
@@ -184,34 +179,18 @@ def run_recv(a: argparse.Namespace) -> None:
 
 
 # ====================================================================== the parent's side
-class Receivers:
+class Receivers(JsonProcess):
     """One ``python -m bench broadcast recv`` process and what it has reported."""
 
     def __init__(self, cmd: list[str]) -> None:
-        self.process = subprocess.Popen(
-            cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        super().__init__(cmd)
         self.connected = 0
         self.ready = False
         self.result: dict[str, Any] | None = None
         self.eof = False
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with contextlib.suppress(ValueError):
-                self.messages.put(json.loads(line))
-        self.messages.put({"type": "eof"})
 
     def poll(self) -> None:
-        for _ in range(self.messages.qsize()):
-            try:
-                m = self.messages.get_nowait()
-            except queue.Empty:
-                return
+        for m in self.pending():
             kind = m.get("type")
             if kind == "progress":
                 self.connected = m["connected"]
@@ -222,18 +201,9 @@ class Receivers:
             elif kind == "eof":
                 self.eof = True
 
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            assert self.process.stdin is not None
-            self.process.stdin.write("stop\n")
-            self.process.stdin.flush()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
+    def finish(self) -> None:
+        """Tell it to stop and print its result (it exits after that)."""
+        self.send("stop")
 
 
 def _wait(
@@ -301,7 +271,7 @@ def measure(
             bar.update(task, completed=k + 1)
         time.sleep(max(0.0, 2.0 - a.interval))
         for c in children:
-            c.stop()
+            c.finish()
         if not _wait(children, "result", 60.0):
             raise RuntimeError("a receiver process did not report within 60 s")
         results = [c.result for c in children if c.result is not None]

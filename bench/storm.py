@@ -39,21 +39,15 @@ jitter mode (dashed: when the restarted server logged ``ready``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
-import os
-import queue
 import resource
-import signal
-import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
-from bench._load import ROOT, Server
+from bench._load import JsonProcess, Server
 from bench._report import RESULTS, Progress, Report
 
 BUCKET_S = 0.1
@@ -166,36 +160,20 @@ def run_clients(a: argparse.Namespace) -> None:
 
 
 # ====================================================================== the parent's side
-class ClientProcess:
+class ClientProcess(JsonProcess):
     """One ``python -m bench storm clients`` process and what it has reported."""
 
     def __init__(self, cmd: list[str]) -> None:
-        self.process = subprocess.Popen(
-            cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        super().__init__(cmd)
         self.first = 0
         self.back = 0
         self.ready = False
         self.result: dict[str, Any] | None = None
         self.eof = False
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with contextlib.suppress(ValueError):
-                self.messages.put(json.loads(line))
-        self.messages.put({"type": "eof"})
 
     def poll(self) -> None:
         """Take in whatever it printed since the last call."""
-        for _ in range(self.messages.qsize()):
-            try:
-                m = self.messages.get_nowait()
-            except queue.Empty:
-                return
+        for m in self.pending():
             kind = m.get("type")
             if kind == "progress":
                 self.first, self.back = m["first"], m["back"]
@@ -207,18 +185,9 @@ class ClientProcess:
             elif kind == "eof":
                 self.eof = True
 
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            assert self.process.stdin is not None
-            self.process.stdin.write("stop\n")
-            self.process.stdin.flush()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
+    def finish(self) -> None:
+        """Tell it to stop and print its result (it exits after that)."""
+        self.send("stop")
 
 
 def wait_for(
@@ -299,7 +268,7 @@ def run_one(jitter: str, a: argparse.Namespace, bar: Progress) -> dict[str, Any]
             task = bar.add(f"{jitter}: back after the kill", total=a.clients)
             if not wait_for(children, "result", a.seconds - (t_up - t_kill), bar, task):
                 for c in children:
-                    c.stop()
+                    c.finish()
                 wait_for(children, "result", 15.0, bar, task)
             empty = {"welcomes": [], "back": [], "reconnected": 0}
             results = [c.result or empty for c in children]
