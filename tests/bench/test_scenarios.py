@@ -182,3 +182,25 @@ def test_resume_cuts_loses_nothing(tmp_path: Path) -> None:
     for direction in ("client_to_server", "server_to_client"):
         assert summary[f"{direction}_sent"] > 0
         assert summary[f"{direction}_lost"] == summary[f"{direction}_doubled"] == 0
+
+
+def test_storm_gets_every_client_back(tmp_path: Path) -> None:
+    doc = run_bench(tmp_path, "storm", "--clients", "100", "--jitter", "full", "--seconds", "40")
+    (row,) = doc["data"]["rows"]
+    assert row["reconnected"] == 100 and row["shard_exits"] == 0
+
+
+def test_broadcast_reaches_every_receiver_of_each_server(tmp_path: Path) -> None:
+    doc = run_bench(tmp_path, "broadcast", "--clients", "100", "--says", "1")
+    rows = doc["data"]["rows"]
+    assert any(r["server"].startswith("ours") for r in rows)
+    for row in rows:
+        assert [say["received"] for say in row["says"]] == [100], row["server"]
+
+
+def test_rolling_replaces_every_shard_and_loses_nothing(tmp_path: Path) -> None:
+    doc = run_bench(tmp_path, "rolling", "--players", "20", "--shards", "2")
+    figures = doc["data"]["figures"]
+    assert figures["all_shards_replaced"] is True
+    assert figures["sessions_lost"] == 0
+    assert figures["c2s_lost"] == figures["s2c_lost"] == 0
