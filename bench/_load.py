@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -377,6 +378,17 @@ class Child(JsonProcess):
 
 
 # ====================================================================== raw WebSocket client
+def parse_ws_url(url: str) -> tuple[str, int, str]:
+    """``ws://host:port/path`` -> (host, port, path); for ``--url`` of a running server."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "ws" or not parts.hostname:
+        raise ValueError(f"not a ws://host:port/ URL: {url!r} (wss is not supported here)")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return parts.hostname, parts.port or 80, path
+
+
 def handshake_request(host: str, port: int, path: str = "/") -> bytes:
     key = base64.b64encode(random.randbytes(16)).decode()
     return (

@@ -15,6 +15,9 @@ The same is then measured against ``bench/peers/websockets_broadcast.py`` (pytho
 one asyncio process, ``websockets.broadcast``; skipped with ``--no-peer`` or when
 websockets is not installed).
 
+``--url ws://host:port/`` measures the lobby of a running server instead (nothing started,
+no peer; give it ``--max-message-rate 1e9 --message-burst 1e9``).
+
 Output: a table; the JSON (per size and server: each say's figures, the percentiles 0..100
 of all its receivers' latencies, connect time, the receivers' CPU seconds); ``-cdf.png``:
 the latency CDF (time from the send to each receiver, all says pooled) per server and
@@ -49,6 +52,7 @@ from bench._load import (
     Server,
     client_frame,
     handshake_request,
+    parse_ws_url,
     percentile,
 )
 from bench._report import Progress, Report
@@ -234,7 +238,12 @@ def _wait(
 
 # ====================================================================== one size
 def measure(
-    name: str, port: int, clients: int, a: argparse.Namespace, bar: Progress
+    name: str,
+    port: int,
+    clients: int,
+    a: argparse.Namespace,
+    bar: Progress,
+    host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     procs = max(1, min(a.client_procs, clients))
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
@@ -246,7 +255,9 @@ def measure(
         for i, n in enumerate(per):
             cmd = [sys.executable, "-m", "bench.broadcast", "recv", "--port", str(port)]
             cmd += ["--conns", str(n), "--seconds", str(a.says * a.interval + 120)]
-            cmd += ["--source", f"127.0.0.{2 + i % 250}"]
+            cmd += ["--host", host]
+            if host.startswith("127."):  # one loopback source address per process
+                cmd += ["--source", f"127.0.0.{2 + i % 250}"]
             children.append(Receivers(cmd))
         task = bar.add(f"{name}: connecting", total=clients)
         if not _wait(children, "ready", a.connect_timeout, bar, task):
@@ -255,7 +266,7 @@ def measure(
                 f"{got} of {clients} receivers connected within {a.connect_timeout:g} s"
             )
         connect_s = time.monotonic() - t_connect
-        sender = _open("127.0.0.1", port)
+        sender = _open(host, port)
         sender.sock.setblocking(False)
         time.sleep(0.5)
         task = bar.add(f"{name}: says {a.interval:g} s apart", total=a.says)
@@ -392,9 +403,11 @@ def cdf_chart(rows: list[dict[str, Any]], a: argparse.Namespace) -> Any:
 
 
 def run_bench(a: argparse.Namespace) -> int:
-    servers = [f"ours {a.shards}sh"]
+    servers = [f"ours {a.shards}sh"] if not a.url else [f"url {a.url}"]
     skipped = ""
-    if a.peer and importlib.util.find_spec("websockets") is not None:
+    if a.url:
+        skipped = f"against {a.url}: the lobby at that host and port, no peer"
+    elif a.peer and importlib.util.find_spec("websockets") is not None:
         servers.append("websockets 1proc")
     elif a.peer:
         skipped = "skip websockets: not installed (pip install -e '.[bench]')"
@@ -416,6 +429,11 @@ def run_bench(a: argparse.Namespace) -> int:
     with report.progress() as bar:
         for name in servers:
             server: Server | PeerProcess
+            if a.url:  # a running server: nothing to start
+                host, port, _ = parse_ws_url(a.url)
+                for n in a.clients:
+                    rows.append({"server": name, **measure(name, port, n, a, bar, host)})
+                continue
             if name.startswith("ours"):
                 server = Server(*NO_RATE_LIMIT, shards=a.shards)
             else:
@@ -480,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
         dest="peer",
         action="store_false",
         help="skip the python-websockets peer (bench/peers/websockets_broadcast.py)",
+    )
+    p.add_argument(
+        "--url",
+        help="measure a running server's lobby instead (ws://host:port/): nothing started;"
+        " start it with --max-message-rate 1e9 --message-burst 1e9",
     )
     a = p.parse_args(argv)
     if a.shards < 1 or a.says < 1 or a.interval <= 0 or a.client_procs < 1:

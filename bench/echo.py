@@ -27,6 +27,9 @@ the server's process. Its CPU use is reported so a client-bound row can be spott
 Output: a table (with each row's ratio to the best peer at the same connection count), a
 JSON file ``bench/results/echo-<timestamp>.json`` and, with matplotlib, a PNG next to it.
 
+``--url ws://host:port/`` measures a running server instead (only it: no peers, no
+pinning, no profile; ``--url-raw-echo`` if it runs ``--app echo``).
+
 Profile: unless ``--no-profile``, one more measurement of ``ours echo 1sh`` at the most
 connections runs under ``py-spy record --nonblocking -r 200`` on the shard's pid, and the
 self time of the sampled stacks is printed by package (trio, trio-websocket, wsproto,
@@ -65,6 +68,7 @@ from bench._load import (
     Server,
     client_frame,
     handshake_request,
+    parse_ws_url,
     percentile,
 )
 from bench._report import Report
@@ -85,10 +89,10 @@ class _Conn:
         self.done = False
 
 
-def _open(host: str, port: int, welcome: bool, timeout: float = 10.0) -> _Conn:
+def _open(host: str, port: int, path: str, welcome: bool, timeout: float = 10.0) -> _Conn:
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(handshake_request(host, port))
+    sock.sendall(handshake_request(host, port, path))
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(4096)
@@ -112,7 +116,7 @@ def _open(host: str, port: int, welcome: bool, timeout: float = 10.0) -> _Conn:
 
 def run_client(a: argparse.Namespace) -> None:
     """Connect ``--conns``, print ``ready``, wait for a line on stdin, run, print JSON."""
-    conns = [_open(a.host, a.port, a.welcome) for _ in range(a.conns)]
+    conns = [_open(a.host, a.port, a.path, a.welcome) for _ in range(a.conns)]
     payload = json.dumps({"type": "echo", "data": "x" * a.payload}, separators=(",", ":"))
     frame = client_frame(OP_TEXT, payload.encode())
     by_fd = {c.sock.fileno(): c for c in conns}
@@ -197,8 +201,8 @@ def run_client(a: argparse.Namespace) -> None:
 @dataclass
 class Target:
     name: str
-    kind: str  # "ours" | "peer"
-    args: list[str] = field(default_factory=list)  # ours: supervisor args; peer: module
+    kind: str  # "ours" | "peer" | "url"
+    args: list[str] = field(default_factory=list)  # ours: supervisor args; peer: module; url
     shards: int = 1
     pin: bool = True
     welcome: bool = False
@@ -267,7 +271,13 @@ def targets(only: list[str] | None) -> list[Target]:
 
 # ====================================================================== one measurement
 def measure(
-    port: int, t: Target, conns: int, a: argparse.Namespace, pin_clients: bool
+    port: int,
+    t: Target,
+    conns: int,
+    a: argparse.Namespace,
+    pin_clients: bool,
+    host: str = "127.0.0.1",
+    path: str = "/",
 ) -> dict[str, Any]:
     procs = max(1, min(a.client_procs, conns))
     per = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
@@ -279,8 +289,12 @@ def measure(
                 "-m",
                 "bench.echo",
                 "client",
+                "--host",
+                host,
                 "--port",
                 str(port),
+                "--path",
+                path,
                 "--conns",
                 str(n),
                 "--count",
@@ -344,7 +358,11 @@ def measure(
 
 def run_target(t: Target, a: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    if t.kind == "ours":
+    if t.kind == "url":  # a running server: nothing to start or pin
+        host, port, path = parse_ws_url(t.args[0])
+        for c in a.connections:
+            rows.append(measure(port, t, c, a, pin_clients=False, host=host, path=path))
+    elif t.kind == "ours":
         server = Server(*t.args, *NO_RATE_LIMIT, shards=t.shards)
         if t.pin:
             server.cmd = ["taskset", "-c", "0", *server.cmd]
@@ -528,11 +546,20 @@ def run_bench(a: argparse.Namespace) -> int:
         "seconds": a.seconds,
         "client_procs": a.client_procs,
         "payload": a.payload,
-        "pinning": "server CPU 0 / clients CPU " + _client_cpus() if _can_pin() else "off",
-        "profile": a.profile,
+        "pinning": "server CPU 0 / clients CPU " + _client_cpus()
+        if _can_pin() and not a.url
+        else "off",
+        "profile": a.profile and not a.url,
+        "url": a.url,
     }
     run = Report("echo", settings, "Echo vs peers (python -m bench echo)")
-    ts = targets(a.only)
+    if a.url:
+        ts = [Target(f"url {'raw' if a.url_raw_echo else 'demo'}", "url", [a.url], pin=False)]
+        ts[0].welcome = not a.url_raw_echo
+        a.profile = False  # not our process to sample
+        print(f"against {a.url}: no peers, no pinning, no profile", flush=True)
+    else:
+        ts = targets(a.only)
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     profile: dict[str, Any] = {}
@@ -580,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["client"]:
         p = argparse.ArgumentParser(prog="python -m bench.echo client")
         p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--path", default="/")
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--conns", type=int, default=1)
         p.add_argument("--count", type=int, default=100_000)
@@ -607,6 +635,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--payload", type=int, default=16, help="bytes of 'data' (default 16)")
     p.add_argument(
         "--only", nargs="+", help="servers whose name contains any of these (e.g. ours picows)"
+    )
+    p.add_argument(
+        "--url",
+        help="measure a running server instead (ws://host:port/): only it, nothing pinned;"
+        " start it with --max-message-rate 1e9 --message-burst 1e9 or the closed loop is"
+        " closed 1008 by the rate limit",
+    )
+    p.add_argument(
+        "--url-raw-echo",
+        action="store_true",
+        help="the server at --url runs --app echo (no welcome frame; default: the demo app)",
     )
     p.add_argument(
         "--no-profile",

@@ -37,6 +37,10 @@ CPU other processes used meanwhile (the machine may be shared). Output: the tabl
 ``bench/results/idle-<stamp>.json`` with ``-rtt.png`` (every round trip over time) and
 ``-shards.png`` (sockets and RSS per shard).
 
+``--url ws://host:port/`` holds the connections against a running server instead: no
+server is started, and its RSS, CPU and log are not measured (its heartbeat settings are
+its own).
+
 ``--no-heartbeat`` is the control run: ``--heartbeat long`` pings after 300 s of silence,
 so no ping happens in the run. ``BENCH_SERVER_ROOT=DIR`` runs the server from another tree.
 """
@@ -58,6 +62,7 @@ from bench._load import (
     Child,
     Server,
     cpu_seconds,
+    parse_ws_url,
     percentile,
     rss_kib,
 )
@@ -74,16 +79,23 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
     args += ["--max-connections", str(min(19_000, math.ceil(a.connections / a.shards * 1.3)))]
     if name == "default":
         args.append("--no-gc-tuning")
-    server = Server(*args, shards=a.shards)
+    server = Server(*args, shards=a.shards) if not a.url else None
     workers: list[Child] = []
     active: Child | None = None
     out: dict[str, Any] = {"variant": name}
     cpu = TreeCpu()
     try:
-        server.start()
-        pids = list(server.shard_pids().values())
-        port = str(server.port)
-        time.sleep(1.0)
+        if server is not None:
+            server.start()
+            pids = list(server.shard_pids().values())
+            host, port = "127.0.0.1", str(server.port)
+            time.sleep(1.0)
+        else:  # --url: a running server; its processes are not ours to measure
+            pids = []
+            url_host, url_port, _ = parse_ws_url(a.url)
+            host, port = url_host, str(url_port)
+        # One loopback source address per client process (28k ephemeral ports each).
+        loopback = host.startswith("127.")
         out["rss_before"] = sum(rss_kib(p) for p in pids)
 
         # ---- connect: one client process per loopback source address (28k ports each)
@@ -94,12 +106,13 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
             workers.append(
                 Child(
                     "pool",
+                    "--host",
+                    host,
                     "--port",
                     port,
                     "--count",
                     str(count),
-                    "--source",
-                    f"127.0.{index}.{w + 2}",
+                    *(["--source", f"127.0.{index}.{w + 2}"] if loopback else []),
                     "--max-seconds",
                     "600",
                 )
@@ -125,7 +138,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
         cpu1 = sum(cpu_seconds(p) for p in pids)
         t1 = time.monotonic()
         pings1 = _pings(workers)
-        out["hb_cpu"] = 100.0 * (cpu1 - cpu0) / (t1 - t0)
+        out["hb_cpu"] = 100.0 * (cpu1 - cpu0) / (t1 - t0) if pids else float("nan")
         out["pings_per_s"] = (pings1 - pings0) / (t1 - t0)
 
         # ---- active phase (shard CPU sampled every 0.25 s: CLOCK_MONOTONIC, as the child's)
@@ -135,10 +148,11 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
         sampler.start()
         active = Child(
             "active",
+            "--host",
+            host,
             "--port",
             port,
-            "--source",
-            f"127.0.{index}.200",
+            *(["--source", f"127.0.{index}.200"] if loopback else []),
             "--echo-clients",
             str(a.echo_clients),
             "--echo-rate",
@@ -193,25 +207,29 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
         out["client_closed"] = dict(
             sum((collections.Counter(s["closed"]) for s in stats), collections.Counter())
         )
-        disconnects = server.events("disconnect")
+        lines = server.lines if server is not None else []  # --url: its log is not ours
+        raw = server.raw if server is not None else []
+        disconnects = [f for f in lines if f.get("event") == "disconnect"]
         out["disconnects"] = collections.Counter(f.get("kind", "?") for f in disconnects)
         out["disconnect_lines"] = [
-            line for line in server.raw if "event=disconnect" in line or "event=shard_exit" in line
+            line for line in raw if "event=disconnect" in line or "event=shard_exit" in line
         ][:5]
         out["other_events"] = collections.Counter(
             f.get("event")
-            for f in server.lines
+            for f in lines
             if f.get("event") not in ("shard_spawn", "shard_ready", "ready", "disconnect")
         )
     except BaseException:
-        server.keep_log = True
-        print(f"{name}: failed; server log: {server.log_path}", flush=True)
-        for line in server.exits()[:5]:
-            print(f"    {line}", flush=True)
+        if server is not None:
+            server.keep_log = True
+            print(f"{name}: failed; server log: {server.log_path}", flush=True)
+            for line in server.exits()[:5]:
+                print(f"    {line}", flush=True)
         raise
     finally:
         # The server first: a drain (1012, not announced) instead of 10k user_left fan-outs.
-        server.stop(timeout=20)
+        if server is not None:
+            server.stop(timeout=20)
         if active is not None:
             active.stop()
         for w in workers:
@@ -265,7 +283,7 @@ def _sample_cpu(pids: list[int], out: list[tuple[float, float]], stop: threading
 def _cpu_between(samples: list[tuple[float, float]], start: float, end: float) -> float:
     """Shard CPU in % of one core between two CLOCK_MONOTONIC times (nearest samples)."""
     inside = [s for s in samples if start - 0.125 <= s[0] <= end + 0.125]
-    if len(inside) < 2:
+    if len(inside) < 2 or not any(c for _, c in inside):  # --url: no pids sampled
         return float("nan")
     (ta, ca), (tb, cb) = inside[0], inside[-1]
     return 100.0 * (cb - ca) / (tb - ta)
@@ -376,9 +394,14 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
         print(f"{r['variant']}: slowest round trips (send time since start): {text}")
     for r in results:
         kinds = dict(r["disconnects"])
+        server_side = (
+            "server log not ours (--url)"
+            if a.url
+            else f"disconnect lines during the run: {kinds or 'none'}"
+            f" (heartbeat_timeout: {kinds.get('heartbeat_timeout', 0)})"
+        )
         print(
-            f"{r['variant']}: disconnect lines during the run: {kinds or 'none'}"
-            f" (heartbeat_timeout: {kinds.get('heartbeat_timeout', 0)});"
+            f"{r['variant']}: {server_side};"
             f" clients still open: {r['open_end']:,}/{r['held']:,};"
             f" other processes' CPU meanwhile: {r.get('others', float('nan')):.0f}% of a core"
             f"{'; failed to connect: ' + str(r['failed']) if r['failed'] else ''}"
@@ -429,6 +452,8 @@ def charts(results: list[dict[str, Any]], a: argparse.Namespace) -> dict[str, An
             ax.legend()
         return fig
 
+    if not any(r["per_shard"] for r in results):  # --url
+        return {"rtt": rtt}
     return {"rtt": rtt, "shards": shards}
 
 
@@ -464,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         "--say-after", type=float, default=None, help="start of the churn (default: half-way)"
     )
     parser.add_argument(
+        "--url",
+        help="hold the connections against a running server instead (ws://host:port/):"
+        " nothing started; server RSS, CPU and log checks are then not available",
+    )
+    parser.add_argument(
         "--no-heartbeat",
         action="store_true",
         help="control run: --heartbeat long (no ping within the run) instead of 5 s/15 s",
@@ -485,19 +515,25 @@ def main(argv: list[str] | None = None) -> int:
         a.say_after = a.duration / 2 if a.say_rate > 0 else a.duration
     a.say_after = min(max(0.0, a.say_after), a.duration)
     variants = ["tuned", "default"] if a.gc == "both" else [a.gc]
+    if a.url:
+        variants = ["url"]
 
     settings = {
         "connections": a.connections,
         "shards": a.shards,
         "client_processes": a.workers,
-        "heartbeat": "off (long preset)" if a.no_heartbeat else "5 s/15 s",
+        "heartbeat": "the server's own"
+        if a.url
+        else "off (long preset)"
+        if a.no_heartbeat
+        else "5 s/15 s",
         "gc": a.gc,
         "idle_window_s": a.idle_window,
         "active_s": a.duration,
         "echo_clients": a.echo_clients,
         "echo_rate": a.echo_rate,
         "say_rate": a.say_rate,
-        "server": str(SERVER_ROOT),
+        "server": a.url or str(SERVER_ROOT),
     }
     run = Report("idle", settings, "Idle connections (python -m bench idle)")
     print(

@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trio
+
+from tests.support import open_client, open_server
+
 ROOT = Path(__file__).resolve().parents[2]
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -204,3 +208,44 @@ def test_rolling_replaces_every_shard_and_loses_nothing(tmp_path: Path) -> None:
     assert figures["all_shards_replaced"] is True
     assert figures["sessions_lost"] == 0
     assert figures["c2s_lost"] == figures["s2c_lost"] == 0
+
+
+async def test_echo_broadcast_and_idle_measure_a_running_server_by_url(tmp_path: Path) -> None:
+    async with open_server(
+        "--max-message-rate", "1e9", "--message-burst", "1e9", shards=2, echo_logs=False
+    ) as server:
+        url = server.url()
+
+        def runs() -> tuple[dict[str, Any], ...]:
+            echo = run_bench(
+                tmp_path / "echo", "echo", "--url", url, "--connections", "2", "--seconds", "1"
+            )
+            said = run_bench(
+                tmp_path / "broadcast", "broadcast", "--url", url, "--clients", "50", "--says", "1"
+            )
+            idle = run_bench(
+                tmp_path / "idle",
+                "idle",
+                "--url",
+                url,
+                "--connections",
+                "200",
+                "--duration",
+                "1",
+                "--idle-window",
+                "1",
+            )
+            return echo, said, idle
+
+        echo, said, idle = await trio.to_thread.run_sync(runs)
+        (row,) = echo["data"]["rows"]
+        assert row["messages"] > 0 and not row["errors"]
+        assert not echo["data"]["profile"]  # not our process to sample
+        (broadcast,) = said["data"]["rows"]
+        assert [say["received"] for say in broadcast["says"]] == [50]
+        (summary,) = idle["data"]["summary"]
+        assert summary["held"] == 200
+        # The running server was measured, not stopped: it still serves.
+        assert server.process.returncode is None
+        async with open_client(url) as (_, welcome):
+            assert welcome is not None
