@@ -11,7 +11,7 @@ comparison of the foundation issue is ``--connections 10000 --shards 1 --gc both
 
 For each variant ('tuned' = the shards' ``tune_gc``; 'default' = ``--no-gc-tuning``,
 CPython's thresholds) a fresh supervisor is started with heartbeats on
-(``--heartbeat-interval 5 --heartbeat-timeout 15``, ``--max-connections`` raised to fit)
+(``--interval 5 --timeout 15`` by default, ``--max-connections`` raised to fit)
 and:
 
 1. ``--connections`` idle WebSocket clients are opened from ``--workers`` processes
@@ -68,13 +68,13 @@ from bench._load import (
 )
 from bench._report import Progress, Report, TreeCpu
 
-HEARTBEAT = ("--heartbeat-interval", "5", "--heartbeat-timeout", "15")
 # Control run (--no-heartbeat): the long preset pings after 300 s, i.e. never in a run.
 NO_HEARTBEAT = ("--heartbeat", "long")
 
 
 def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> dict[str, Any]:
-    args = [*(NO_HEARTBEAT if a.no_heartbeat else HEARTBEAT), "--drain-timeout", "5"]
+    heartbeat = ("--heartbeat-interval", f"{a.interval:g}", "--heartbeat-timeout", f"{a.timeout:g}")
+    args = [*(NO_HEARTBEAT if a.no_heartbeat else heartbeat), "--drain-timeout", "5"]
     # Room for the load-aware balance's spread (1.1-1.2:1), under the 20,000-file cap.
     args += ["--max-connections", str(min(19_000, math.ceil(a.connections / a.shards * 1.3)))]
     if name == "default":
@@ -494,9 +494,16 @@ def main(argv: list[str] | None = None) -> int:
         " nothing started; server RSS, CPU and log checks are then not available",
     )
     parser.add_argument(
+        "--interval", type=float, default=5.0, help="heartbeat interval, s (default 5)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=15.0, help="heartbeat timeout, s (default 15)"
+    )
+    parser.add_argument(
         "--no-heartbeat",
         action="store_true",
-        help="control run: --heartbeat long (no ping within the run) instead of 5 s/15 s",
+        help="control run: --heartbeat long (no ping within the run) instead of"
+        " --interval/--timeout",
     )
     a = parser.parse_args(argv)
     if a.workers is None:
@@ -526,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.url
         else "off (long preset)"
         if a.no_heartbeat
-        else "5 s/15 s",
+        else f"{a.interval:g} s/{a.timeout:g} s",
         "gc": a.gc,
         "idle_window_s": a.idle_window,
         "active_s": a.duration,
