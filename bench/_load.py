@@ -792,6 +792,47 @@ def _connect_blocking(host: str, port: int, source: str | None, timeout: float) 
     return sock, parser, welcome, last_send
 
 
+def open_ws(
+    host: str,
+    port: int,
+    path: str = "/",
+    *,
+    welcome: bool = True,
+    source: str | None = None,
+    timeout: float = 30.0,
+) -> tuple[socket.socket, FrameParser]:
+    """A blocking client connection: connect (from ``source`` if given), upgrade, and with
+    ``welcome`` read up to the server's first data frame (not kept: the demo app greets
+    first). Returns the socket (blocking, no timeout) and its frame parser."""
+    sock = socket.create_connection(
+        (host, port), timeout=timeout, source_address=(source, 0) if source else None
+    )
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(handshake_request(host, port, path))
+    buf = b""
+    for _ in range(1000):  # a response head is a few hundred bytes
+        if b"\r\n\r\n" in buf:
+            break
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed during the upgrade")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
+        raise ConnectionError(f"upgrade refused: {head.splitlines()[0]!r}")
+    parser = FrameParser()
+    frames = parser.feed(rest) if rest else []
+    for _ in range(1000 if welcome else 0):
+        if any(op in (OP_TEXT, OP_BINARY) for op, _ in frames):
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the welcome")
+        frames = parser.feed(chunk)
+    sock.settimeout(None)
+    return sock, parser
+
+
 def _reframe(opcode: int, payload: bytes) -> bytes:
     """An unmasked frame again (to push back frames read together with the welcome)."""
     n = len(payload)

@@ -42,7 +42,6 @@ import time
 from typing import Any
 
 from bench._load import (
-    OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
@@ -51,7 +50,7 @@ from bench._load import (
     JsonProcess,
     Server,
     client_frame,
-    handshake_request,
+    open_ws,
     parse_ws_url,
     percentile,
 )
@@ -83,34 +82,11 @@ class _Conn:
         self.parser = FrameParser()
 
 
-def _open(host: str, port: int, source: str | None = None, timeout: float = 30.0) -> _Conn:
+def _open(host: str, port: int, source: str | None = None) -> _Conn:
     """Connect (from ``source`` if given), upgrade, and read the welcome (not counted)."""
-    sock = socket.create_connection(
-        (host, port), timeout=timeout, source_address=(source, 0) if source else None
-    )
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(handshake_request(host, port))
-    buf = b""
-    for _ in range(1000):  # a head is a few hundred bytes
-        if b"\r\n\r\n" in buf:
-            break
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed during handshake")
-        buf += chunk
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
-        raise ConnectionError(f"handshake refused: {head.splitlines()[0]!r}")
+    sock, parser = open_ws(host, port, source=source)
     conn = _Conn(sock)
-    frames = conn.parser.feed(rest) if rest else []
-    for _ in range(1000):
-        if any(op in (OP_TEXT, OP_BINARY) for op, _ in frames):
-            break
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before welcome")
-        frames = conn.parser.feed(chunk)
-    sock.settimeout(None)
+    conn.parser = parser
     return conn
 
 

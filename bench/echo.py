@@ -54,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ from bench._load import (
     FrameParser,
     Server,
     client_frame,
-    handshake_request,
+    open_ws,
     parse_ws_url,
     percentile,
 )
@@ -89,28 +90,10 @@ class _Conn:
         self.done = False
 
 
-def _open(host: str, port: int, path: str, welcome: bool, timeout: float = 10.0) -> _Conn:
-    sock = socket.create_connection((host, port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(handshake_request(host, port, path))
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed during handshake")
-        buf += chunk
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
-        raise ConnectionError(f"handshake refused: {head.splitlines()[0]!r}")
+def _open(host: str, port: int, path: str, welcome: bool) -> _Conn:
+    sock, parser = open_ws(host, port, path, welcome=welcome, timeout=10.0)
     conn = _Conn(sock)
-    frames = conn.parser.feed(rest) if rest else []
-    if welcome:  # the demo app greets first: wait for that frame, not counted
-        while not any(op in (OP_TEXT, OP_BINARY) for op, _ in frames):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed before welcome")
-            frames = conn.parser.feed(chunk)
-    sock.settimeout(None)
+    conn.parser = parser
     return conn
 
 
@@ -410,32 +393,26 @@ def package_of(frame: str) -> str:
     return "python stdlib" if top in sys.stdlib_module_names else "other"
 
 
-def self_time_by_package(collapsed: str) -> dict[str, float]:
-    """Share of samples whose innermost frame is in each package (py-spy ``--format raw``)."""
+def leaf_shares(collapsed: str, key: Callable[[str], str] = str) -> list[tuple[str, float]]:
+    """Share of the samples (py-spy ``--format raw``) per ``key`` of the innermost frame,
+    largest first."""
     counts: dict[str, int] = {}
-    total = 0
     for line in collapsed.splitlines():
         stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        leaf = stack.rsplit(";", 1)[-1]
-        counts[package_of(leaf)] = counts.get(package_of(leaf), 0) + int(n)
-        total += int(n)
-    return {k: round(v / total, 3) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+        if stack and n.isdigit():
+            k = key(stack.rsplit(";", 1)[-1])
+            counts[k] = counts.get(k, 0) + int(n)
+    total = sum(counts.values()) or 1
+    return [(k, round(c / total, 3)) for k, c in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
+def self_time_by_package(collapsed: str) -> dict[str, float]:
+    """Share of samples whose innermost frame is in each package."""
+    return dict(leaf_shares(collapsed, package_of))
 
 
 def top_functions(collapsed: str, n: int = 12) -> list[tuple[str, float]]:
-    counts: dict[str, int] = {}
-    total = 0
-    for line in collapsed.splitlines():
-        stack, _, k = line.rpartition(" ")
-        if not stack or not k.isdigit():
-            continue
-        leaf = stack.rsplit(";", 1)[-1]
-        counts[leaf] = counts.get(leaf, 0) + int(k)
-        total += int(k)
-    top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
-    return [(frame, round(c / total, 3)) for frame, c in top]
+    return leaf_shares(collapsed)[:n]
 
 
 def profile_ours(a: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
