@@ -301,6 +301,11 @@ class Progress:
             if total is not None:
                 self._rich.update(task, completed=total)
 
+    def stop(self, task: int) -> None:
+        """Freeze a bar's clock where it is (a stage that ended short of its total)."""
+        if self._rich is not None:
+            self._rich.stop_task(task)
+
     def wait(self, seconds: float, description: str) -> None:
         """Sleep through a measuring window (a fixed length is the point here), with a bar."""
         task = self.add(f"{description} ({seconds:g} s)", total=max(1, math.ceil(seconds)))

@@ -196,18 +196,22 @@ def wait_for(
     """Poll the children until each is ``ready``/has a ``result`` (``what``), updating the
     bar with their counts; False at ``seconds`` or when one exited without it."""
     deadline = time.monotonic() + seconds
-    for _ in range(int(seconds / 0.05) + 2):
-        for c in children:
-            c.poll()
-        bar.update(task, completed=sum(c.first if what == "ready" else c.back for c in children))
-        have = [c.ready if what == "ready" else c.result is not None for c in children]
-        if all(have):
-            return True
-        if any(c.eof and not h for c, h in zip(children, have, strict=True)):
-            return False  # exited without it
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+    try:
+        for _ in range(int(seconds / 0.05) + 2):
+            for c in children:
+                c.poll()
+            done = sum(c.first if what == "ready" else c.back for c in children)
+            bar.update(task, completed=done)
+            have = [c.ready if what == "ready" else c.result is not None for c in children]
+            if all(have):
+                return True
+            if any(c.eof and not h for c, h in zip(children, have, strict=True)):
+                return False  # exited without it
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+    finally:
+        bar.stop(task)
     return False
 
 
