@@ -1,1 +1,1 @@
-"""Micro-benchmarks (run as ``python -m bench.<name>``)."""
+"""The load lab: ``python -m bench <scenario>`` (``python -m bench`` lists them)."""

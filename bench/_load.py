@@ -1,4 +1,4 @@
-"""Shared helpers of the load benchmarks (``bench.idle``, ``bench.zombie``).
+"""Shared helpers of the load benchmarks (every scenario).
 
 Server side: ``Server`` starts ``python -m supervisor --port 0``, reads its logfmt stderr
 (the shards inherit it) in a thread, and kills exactly the pids it started or was told

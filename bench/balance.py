@@ -1,4 +1,4 @@
-"""How evenly do shards share the lobby?  ``python -m bench.balance [--connections 2000]``
+"""How evenly do shards share the lobby?  ``python -m bench balance [--connections 2000]``
 
 Opens N lobby connections (16 concurrent openers, ``--concurrency``) against ``--shards 8``
 twice - with load-aware accepting off (the kernel alone decides: epoll wakes the latest
@@ -106,7 +106,7 @@ def _finite(x: float) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.balance",
+        prog="python -m bench balance",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,6 +1,6 @@
 """Cut a reconnecting client's TCP connection again and again; count what was lost or doubled.
 
-    python -m bench.resume_cuts [--cuts 50] [--shards 4] [--interval 0.2]
+    python -m bench resume_cuts [--cuts 50] [--shards 4] [--interval 0.2]
 
 A ``python -m supervisor`` is started; client **C** (``client.open_reconnecting_client``)
 talks to it through ``bench.netcut.CuttingProxy``, which resets every connection through it
@@ -376,7 +376,7 @@ def timeline_chart(report: CutReport) -> Callable[[Any], Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.resume_cuts",
+        prog="python -m bench resume_cuts",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

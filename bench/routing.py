@@ -1,6 +1,6 @@
 """The cost of routing: connection setup rate for lobby vs room connections.
 
-Run as ``python -m bench.routing [--connections 2000] [--shards 4] [--tasks 16]``.
+Run as ``python -m bench routing [--connections 2000] [--shards 4] [--tasks 16]``.
 
 A supervisor is started (``tests.support.open_server``, ``--port 0``) with the default app.
 A *setup* is: TCP connect + WebSocket handshake + reading the ``welcome``; the client then
@@ -481,7 +481,7 @@ async def run(a: argparse.Namespace, bar: Progress) -> tuple[list[str], dict[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.routing", description=__doc__.split("\n\n")[0]
+        prog="python -m bench routing", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--connections", type=int, default=2000, help="per path (2000)")
     parser.add_argument("--shards", type=int, default=4, help="shards (4)")

@@ -1,6 +1,6 @@
 """Micro-benchmark: the Cython heartbeat wheel against two pure-Python alternatives.
 
-Run as ``python -m bench.wheel [--sizes 10000,100000,1000000]``.
+Run as ``python -m bench wheel [--sizes 10000,100000,1000000]``.
 
 Contenders, all driven through the same Python-level calls (``add``, ``touch``,
 ``advance``) with the same ping/close rules:
@@ -325,7 +325,7 @@ def cost_chart(table: dict[int, dict[str, dict[str, float]]]) -> Callable[[Any],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.wheel", description=__doc__.split("\n")[0]
+        prog="python -m bench wheel", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes(DEFAULT_SIZES))
     parser.add_argument("--repeats", type=int, default=7, help="runs per measurement (median)")
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "budget_s": args.budget,
         },
-        title="Heartbeat timer wheel micro-benchmark (python -m bench.wheel)",
+        title="Heartbeat timer wheel micro-benchmark (python -m bench wheel)",
     )
     started = time.monotonic()
     deadline = started + args.budget
