@@ -425,6 +425,10 @@ async def run(a: argparse.Namespace, bar: Progress) -> tuple[list[str], dict[str
         anchor = await RawClient.connect(server.port, f"/rooms/{ROOM}")
         owner = (await anchor.receive())["shard"]
         nursery.start_soon(_keep_reading, anchor, anchor_closed)
+        # The anchor's welcome can overtake the supervisor's log line placing the room:
+        # wait for that line before counting placements (a later one means it moved).
+        if a.shards > 1:  # one shard serves every room itself: nothing is placed
+            await server.log.wait_for("room_placed", room=ROOM, timeout=10)
         placed = len(server.log.events("room_placed", room=ROOM))
         for path in ("/", room.path):
             await _run_clients(server, Phase("warm-up", path, a.tasks), warm, a.client_procs, 20)

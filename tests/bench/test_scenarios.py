@@ -170,7 +170,11 @@ def test_routing_balance_and_respawn_run_small(tmp_path: Path) -> None:
         "--probe",
         "5",
     )
-    assert routing["data"]["room_kept"] and not routing["data"]["client_errors"]
+    data = routing["data"]
+    assert data["room_kept"] and not data["client_errors"], (
+        {k: data[k] for k in ("room_kept", "room_re_placed", "anchor", "client_errors")},
+        routing["_out"],
+    )
     balance = run_bench(tmp_path / "balance", "balance", "--connections", "80", "--shards", "2")
     for mode in ("kernel only", "load-aware"):
         assert sum(balance["data"][mode]["per_shard"]) == 80
