@@ -44,9 +44,9 @@ from bench._load import (
     OP_PING,
     OP_PONG,
     JsonProcess,
-    _connect_blocking,
     _emit,
     client_frame,
+    open_ws,
     text_frame,
 )
 
@@ -220,7 +220,7 @@ def run_clients(a: argparse.Namespace) -> None:
     """Well-behaved clients until pulled; see the module docstring."""
     conns: list[dict[str, Any]] = []
     for index in range(a.count + a.control):
-        sock, parser, welcome, _ = _connect_blocking(a.host, a.port, None, 10.0)
+        sock, parser, welcome = open_ws(a.host, a.port, timeout=10.0)
         sock.setblocking(False)
         conns.append(
             {

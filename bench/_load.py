@@ -142,10 +142,9 @@ class Server:
         if "--control-socket" not in args:
             self.cmd += ["--control-socket", os.path.join(self._dir, "control.sock")]
         self.shards = shards
-        # The whole log, in a file removed by ``kill`` unless ``keep_log`` was set (a
-        # scenario sets it when something failed, and prints the path).
-        fd, self.log_path = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
-        os.close(fd)
+        # The whole log, next to the control socket: ``kill`` removes both unless
+        # ``keep_log`` was set (a scenario sets it when something failed, and prints it).
+        self.log_path = os.path.join(self._dir, "server.log")
         self.keep_log = False
         self.process: subprocess.Popen[bytes] | None = None
         self.lines: list[dict[str, str]] = []
@@ -235,10 +234,8 @@ class Server:
             self.process.wait(timeout=10)
         if self._thread is not None:
             self._thread.join(timeout=5)
-        shutil.rmtree(self._dir, ignore_errors=True)
         if not self.keep_log:
-            with contextlib.suppress(OSError):
-                os.unlink(self.log_path)
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ the log
     def count(self) -> int:
@@ -760,38 +757,6 @@ def _errname(exc: OSError) -> str:
 
 
 # ---------------------------------------------------------------------- active mode
-def _connect_blocking(host: str, port: int, source: str | None, timeout: float) -> tuple:
-    """Connect, upgrade, read the welcome: ``(socket, parser, welcome, last_send)``."""
-    sock = _new_socket(source)
-    sock.settimeout(timeout)
-    sock.connect((host, port))
-    sock.sendall(handshake_request(host, port))
-    last_send = time.time()
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed during the upgrade")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise ConnectionError(f"upgrade refused: {head[:60]!r}")
-    parser = FrameParser()
-    frames = parser.feed(rest)
-    while not frames:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed before the welcome")
-        frames = parser.feed(chunk)
-    opcode, payload = frames[0]
-    welcome = json.loads(payload)
-    if opcode != OP_TEXT or welcome.get("type") != "welcome":
-        raise ConnectionError(f"first frame is not a welcome: {payload[:80]!r}")
-    if len(frames) > 1:
-        parser.buf = b"".join(_reframe(op, p) for op, p in frames[1:]) + parser.buf
-    return sock, parser, welcome, last_send
-
-
 def open_ws(
     host: str,
     port: int,
@@ -800,14 +765,14 @@ def open_ws(
     welcome: bool = True,
     source: str | None = None,
     timeout: float = 30.0,
-) -> tuple[socket.socket, FrameParser]:
+) -> tuple[socket.socket, FrameParser, dict[str, Any] | None]:
     """A blocking client connection: connect (from ``source`` if given), upgrade, and with
-    ``welcome`` read up to the server's first data frame (not kept: the demo app greets
-    first). Returns the socket (blocking, no timeout) and its frame parser."""
-    sock = socket.create_connection(
-        (host, port), timeout=timeout, source_address=(source, 0) if source else None
-    )
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ``welcome`` read the server's welcome (it must be the first frame; frames that came
+    with it stay in the parser). Returns the socket (no timeout), its parser and the
+    welcome (None without ``welcome``: ``--app echo`` sends none)."""
+    sock = _new_socket(source)
+    sock.settimeout(timeout)
+    sock.connect((host, port))
     sock.sendall(handshake_request(host, port, path))
     buf = b""
     for _ in range(1000):  # a response head is a few hundred bytes
@@ -819,18 +784,26 @@ def open_ws(
         buf += chunk
     head, _, rest = buf.partition(b"\r\n\r\n")
     if b" 101 " not in head.split(b"\r\n", 1)[0] + b" ":
-        raise ConnectionError(f"upgrade refused: {head.splitlines()[0]!r}")
+        raise ConnectionError(f"upgrade refused: {head[:60]!r}")
     parser = FrameParser()
     frames = parser.feed(rest) if rest else []
-    for _ in range(1000 if welcome else 0):
-        if any(op in (OP_TEXT, OP_BINARY) for op, _ in frames):
-            break
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before the welcome")
-        frames = parser.feed(chunk)
+    greeting = None
+    if welcome:
+        for _ in range(1000):
+            if frames:
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed before the welcome")
+            frames = parser.feed(chunk)
+        opcode, payload = frames[0]
+        greeting = json.loads(payload) if opcode == OP_TEXT else {}
+        if greeting.get("type") != "welcome":
+            raise ConnectionError(f"first frame is not a welcome: {payload[:80]!r}")
+        if len(frames) > 1:
+            parser.buf = b"".join(_reframe(op, p) for op, p in frames[1:]) + parser.buf
     sock.settimeout(None)
-    return sock, parser
+    return sock, parser, greeting
 
 
 def _reframe(opcode: int, payload: bytes) -> bytes:
@@ -856,7 +829,7 @@ def run_active(a: argparse.Namespace) -> None:
     n_echo = a.echo_clients
     n_say = 1 if a.say_rate > 0 else 0
     for _ in range(n_echo + n_say):
-        sock, parser, welcome, _ = _connect_blocking(a.host, a.port, a.source, 10.0)
+        sock, parser, welcome = open_ws(a.host, a.port, source=a.source, timeout=10.0)
         sock.setblocking(False)
         clients.append({"sock": sock, "parser": parser, "session": welcome["session"]})
         ep.register(sock.fileno(), select.EPOLLIN)
@@ -1012,7 +985,7 @@ def run_zombie(a: argparse.Namespace) -> None:
     The parent SIGSTOPs this process once it printed its line, so TCP stays open (the
     kernel still ACKs) but nothing is ever answered. Bounded by ``--max-seconds``.
     """
-    sock, parser, welcome, _ = _connect_blocking(a.host, a.port, a.source, 10.0)
+    sock, parser, welcome = open_ws(a.host, a.port, source=a.source, timeout=10.0)
     sock.sendall(text_frame({"type": "echo", "data": "last words"}))
     last_send = time.time()
     deadline = time.monotonic() + 10

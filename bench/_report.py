@@ -182,12 +182,17 @@ class TreeCpu:
         self.me = os.getpid()
         self.base: dict[int, float] = {}  # pid -> CPU seconds when first seen
         self.last: dict[int, float] = {}
+        self._lock = threading.Lock()  # the sampler thread and summary() both scan
         self._stop = threading.Event()
         self._scan(first=True)
         self._thread = threading.Thread(target=self._run, args=(period,), daemon=True)
         self._thread.start()
 
     def _scan(self, first: bool = False) -> None:
+        with self._lock:
+            self._scan_locked(first)
+
+    def _scan_locked(self, first: bool) -> None:
         parent: dict[int, int] = {}
         cpu: dict[int, float] = {}
         for entry in os.listdir("/proc"):
@@ -217,7 +222,8 @@ class TreeCpu:
             self._scan()
 
     def ours_s(self) -> float:
-        return sum(self.last[p] - self.base[p] for p in self.last)
+        with self._lock:
+            return sum(self.last[p] - self.base[p] for p in self.last)
 
     def summary(self) -> dict[str, float]:
         self._scan()

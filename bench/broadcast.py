@@ -84,7 +84,7 @@ class _Conn:
 
 def _open(host: str, port: int, source: str | None = None) -> _Conn:
     """Connect (from ``source`` if given), upgrade, and read the welcome (not counted)."""
-    sock, parser = open_ws(host, port, source=source)
+    sock, parser, _ = open_ws(host, port, source=source)
     conn = _Conn(sock)
     conn.parser = parser
     return conn

@@ -91,7 +91,7 @@ class _Conn:
 
 
 def _open(host: str, port: int, path: str, welcome: bool) -> _Conn:
-    sock, parser = open_ws(host, port, path, welcome=welcome, timeout=10.0)
+    sock, parser, _ = open_ws(host, port, path, welcome=welcome, timeout=10.0)
     conn = _Conn(sock)
     conn.parser = parser
     return conn
@@ -339,6 +339,14 @@ def measure(
     }
 
 
+def our_server(t: Target) -> Server:
+    """Our supervisor for ``t`` (not started): rate limit lifted, pinned to CPU 0 if ``t.pin``."""
+    server = Server(*t.args, *NO_RATE_LIMIT, shards=t.shards)
+    if t.pin:
+        server.cmd = ["taskset", "-c", "0", *server.cmd]
+    return server
+
+
 def run_target(t: Target, a: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if t.kind == "url":  # a running server: nothing to start or pin
@@ -346,9 +354,7 @@ def run_target(t: Target, a: argparse.Namespace) -> list[dict[str, Any]]:
         for c in a.connections:
             rows.append(measure(port, t, c, a, pin_clients=False, host=host, path=path))
     elif t.kind == "ours":
-        server = Server(*t.args, *NO_RATE_LIMIT, shards=t.shards)
-        if t.pin:
-            server.cmd = ["taskset", "-c", "0", *server.cmd]
+        server = our_server(t)
         try:
             server.start()
             for c in a.connections:
@@ -423,9 +429,7 @@ def profile_ours(a: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         return {"skipped": "py-spy is not installed (pip install -e '.[bench]')"}
     t = targets(["ours echo 1sh"])[0]
     conns = max(a.connections)
-    server = Server(*t.args, *NO_RATE_LIMIT, shards=1)
-    if t.pin:
-        server.cmd = ["taskset", "-c", "0", *server.cmd]
+    server = our_server(t)
     raw = out_dir / "echo-profile.txt"
     spy_proc: subprocess.Popen[bytes] | None = None
     try:
