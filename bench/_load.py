@@ -221,15 +221,23 @@ class Server:
         return code
 
     def kill(self) -> None:
+        """SIGKILL the supervisor and every shard it spawned, as one abrupt crash.
+
+        The supervisor is SIGSTOPped first: were a shard killed while it still ran, it would
+        log ``shard_exit`` and respawn the shard (a process outside ``all_pids``); were it
+        killed first, its shards would see the control socket close and drain politely."""
         if self.process is None:
             return
+        supervisor = self.process.pid
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(supervisor, signal.SIGSTOP)
         for pid in self.all_pids():
-            if pid == self.process.pid:
-                if self.process.poll() is None:
-                    self.process.kill()
-            elif pid_alive(pid) and _cmdline_has(pid, (b"shards",)):
+            if pid != supervisor and pid_alive(pid) and _cmdline_has(pid, (b"shards",)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
         if self._thread is not None:

@@ -245,6 +245,7 @@ def run_one(jitter: str, a: argparse.Namespace, bar: Progress) -> dict[str, Any]
     sources = [f"127.0.0.{1 + i % a.sources}" for i in range(procs)]
     failed = ""
     results: list[dict[str, Any]] = []
+    restarted: tuple[dict[str, int], list[str], list[str]] | None = None
     try:
         first.start()
         port = first.port
@@ -276,6 +277,8 @@ def run_one(jitter: str, a: argparse.Namespace, bar: Progress) -> dict[str, Any]
                 wait_for(children, "result", 15.0, bar, task)
             empty = {"welcomes": [], "back": [], "reconnected": 0}
             results = [c.result or empty for c in children]
+            # The restarted server's log as of the end of the storm, not of the teardown.
+            restarted = log_summary(second)
     finally:
         for c in children:
             c.kill()
@@ -295,8 +298,8 @@ def run_one(jitter: str, a: argparse.Namespace, bar: Progress) -> dict[str, Any]
         }
     server_log: dict[str, int] = {}
     notable: list[str] = []  # shard exits and the like on the restarted server, verbatim
-    if second is not None:
-        server_log, notable, raw = log_summary(second)
+    if restarted is not None:
+        server_log, notable, raw = restarted
         if server_log.get("shard_exit"):  # keep the whole log of a crash for the report
             RESULTS.mkdir(parents=True, exist_ok=True)
             crash = RESULTS / f"storm-{jitter}-{int(time.time())}-restarted-server.log"

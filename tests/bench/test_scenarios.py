@@ -195,7 +195,10 @@ def test_resume_cuts_loses_nothing(tmp_path: Path) -> None:
 def test_storm_gets_every_client_back(tmp_path: Path) -> None:
     doc = run_bench(tmp_path, "storm", "--clients", "100", "--jitter", "full", "--seconds", "40")
     (row,) = doc["data"]["rows"]
-    assert row["reconnected"] == 100 and row["shard_exits"] == 0
+    assert row["reconnected"] == 100 and row["shard_exits"] == 0, (
+        {k: row[k] for k in ("reconnected", "shard_exits", "restarted_server_notable")},
+        doc["_out"],
+    )
 
 
 def test_broadcast_reaches_every_receiver_of_each_server(tmp_path: Path) -> None:
