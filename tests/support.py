@@ -326,11 +326,14 @@ class RawClient:
                     self.close_code = event.code
                     raise Closed(event.code, event.reason)
 
-    async def receive_until(self, type_: str, timeout: float = 10.0) -> dict[str, Any]:
+    async def receive_until(
+        self, type_: str, timeout: float = 10.0, **match: Any
+    ) -> dict[str, Any]:
+        """Skip messages until one of ``type_`` whose fields equal ``match``."""
         with trio.fail_after(timeout):
             while True:
                 message = await self.receive()
-                if message["type"] == type_:
+                if message["type"] == type_ and all(message.get(k) == v for k, v in match.items()):
                     return message
 
     def vanish(self) -> None:
@@ -353,6 +356,14 @@ class RawClient:
             except Closed:
                 pass
         await self.stream.aclose()
+
+
+async def welcomed(server: ServerProcess, path: str = "/") -> tuple[RawClient, dict[str, Any]]:
+    """A new connection to ``path`` and its welcome (asserted to be one)."""
+    client = await RawClient.connect(server.port, path)
+    welcome = await client.receive()
+    assert welcome["type"] == "welcome", welcome
+    return client, welcome
 
 
 class Closed(Exception):

@@ -3,67 +3,49 @@ real processes: a shared counter per room, away/back announcements, a bad module
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 
-from tests.support import RawClient, ServerProcess, open_server, resume_path
+from tests.support import open_server, resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(120)
 
 APP = ("--app", "examples.countdown:Countdown")
 
 
-async def _join(
-    server: ServerProcess, room: str, path: str | None = None
-) -> tuple[RawClient, dict[str, Any]]:
-    client = await RawClient.connect(server.port, path or f"/rooms/{room}")
-    welcome = await client.receive()
-    assert welcome["type"] == "welcome", welcome
-    return client, welcome
-
-
-async def _next(client: RawClient, type_: str, **match: Any) -> dict[str, Any]:
-    while True:
-        message = await client.receive_until(type_)
-        if all(message.get(k) == v for k, v in match.items()):
-            return message
-
-
 async def test_players_share_the_counter_and_see_away_and_back() -> None:
     async with open_server(*APP, "--grace", "60", shards=2) as server:
-        alice, wa = await _join(server, "count")
-        bob, wb = await _join(server, "count")
+        alice, wa = await welcomed(server, "/rooms/count")
+        bob, wb = await welcomed(server, "/rooms/count")
         a, b = wa["session"], wb["session"]
         assert wa["shard"] == wb["shard"]  # one room, one owner shard
-        assert (await _next(bob, "room_state"))["total"] == 10
+        assert (await bob.receive_until("room_state"))["total"] == 10
 
         await alice.send({"type": "move", "n": 3})
         seen = {}
         for name, client in (("alice", alice), ("bob", bob)):
-            moved = seen[name] = await _next(client, "moved")
+            moved = seen[name] = await client.receive_until("moved")
             assert moved == {**moved, "session": a, "n": 3, "total": 7, "by_ai": False}
         await bob.send({"type": "move", "n": 9})
-        assert (await _next(bob, "move_rejected"))["reason"]
+        assert (await bob.receive_until("move_rejected"))["reason"]
 
         # Alice's link dies without a close frame: Bob sees her seat held.
         alice_last_seq = seen["alice"]["seq"]
         alice.vanish()
-        away = await _next(bob, "player_away", session=a)
+        away = await bob.receive_until("player_away", session=a)
         assert away["ai"] is True
         # Bob plays on to the end of the round while she is away.
         for n in (3, 3, 1):
             await bob.send({"type": "move", "n": n})
-        assert (await _next(bob, "moved", session=b, n=1))["total"] == 0
-        over = await _next(bob, "round_over")
+        assert (await bob.receive_until("moved", session=b, n=1))["total"] == 0
+        over = await bob.receive_until("round_over")
         assert over == {**over, "winner": b, "round": 1, "wins": {b: 1}}
 
         # She resumes: Bob sees player_back; she gets what she missed, in order.
         path = resume_path(wa, alice_last_seq, "/rooms/count")
-        alice, again = await _join(server, "count", path)
+        alice, again = await welcomed(server, path)
         assert again["resumed"] is True and again["session"] == a
-        back = await _next(bob, "player_back", session=a)
+        back = await bob.receive_until("player_back", session=a)
         assert back["ai"] is False
         replayed = [await alice.receive() for _ in range(6)]
         assert [(m["type"], m.get("total")) for m in replayed] == [
@@ -78,11 +60,11 @@ async def test_players_share_the_counter_and_see_away_and_back() -> None:
 
         # The counter restarted at 10 for the next round.
         await alice.send({"type": "move", "n": 2})
-        assert (await _next(bob, "moved", session=a))["total"] == 8
+        assert (await bob.receive_until("moved", session=a))["total"] == 8
 
         # Bob leaves for good: everyone is told.
         await bob.close()
-        left = await _next(alice, "user_left", session=b)
+        left = await alice.receive_until("user_left", session=b)
         assert left["reason"] == "graceful"
 
 

@@ -11,14 +11,13 @@ import json
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from shards.stats import ShardStats
-from tests.support import RawClient, ServerProcess, open_server, resume_path
+from tests.support import ServerProcess, open_server, resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,13 +105,6 @@ async def poll(
 
 async def metrics_port(server: ServerProcess) -> int:
     return int((await server.log.wait_for("metrics_ready"))["port"])
-
-
-async def welcomed(server: ServerProcess, path: str = "/") -> tuple[RawClient, dict[str, Any]]:
-    client = await RawClient.connect(server.port, path)
-    welcome = await client.receive()
-    assert welcome["type"] == "welcome", welcome
-    return client, welcome
 
 
 def counters(samples: Samples) -> Samples:

@@ -5,28 +5,18 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any
 
 import pytest
 import trio
 
-from tests.support import RawClient, ServerProcess, open_server, resume_path
+from tests.support import RawClient, ServerProcess, open_server, resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(180)
 
 
-async def _join(
-    server: ServerProcess, room: str, path: str | None = None
-) -> tuple[RawClient, dict[str, Any]]:
-    client = await RawClient.connect(server.port, path or f"/rooms/{room}")
-    welcome = await client.receive()
-    assert welcome["type"] == "welcome", welcome
-    return client, welcome
-
-
 async def test_fifty_clients_of_one_room_all_land_on_one_shard() -> None:
     async with open_server(shards=4, echo_logs=False) as server:
-        clients = [await _join(server, "big") for _ in range(50)]
+        clients = [await welcomed(server, "/rooms/big") for _ in range(50)]
         shards = {welcome["shard"] for _, welcome in clients}
         assert len(shards) == 1
         # Most were accepted elsewhere and passed along (the kernel spreads accepts).
@@ -41,47 +31,40 @@ async def test_eight_rooms_spread_over_the_shards() -> None:
     async with open_server(shards=4) as server:
         placed: Counter[int] = Counter()
         for i in range(8):
-            _, welcome = await _join(server, f"room{i}")
+            _, welcome = await welcomed(server, f"/rooms/room{i}")
             placed[welcome["shard"]] += 1
         assert sorted(placed) == [0, 1, 2, 3], placed
         assert max(placed.values()) <= 3
-
-
-async def _next(client: RawClient, type_: str, **match: Any) -> dict[str, Any]:
-    while True:
-        message = await client.receive_until(type_)
-        if all(message.get(k) == v for k, v in match.items()):
-            return message
 
 
 async def test_away_player_is_played_by_the_ai_until_they_resume() -> None:
     async with open_server(
         "--turn-seconds", "30", "--ai-think-seconds", "0.05", "--grace", "60", shards=2
     ) as server:
-        alice, wa = await _join(server, "duel")
-        bob, wb = await _join(server, "duel")
+        alice, wa = await welcomed(server, "/rooms/duel")
+        bob, wb = await welcomed(server, "/rooms/duel")
         a, b = wa["session"], wb["session"]
         # Two seated players: the game starts with Alice's turn.
-        turn = await _next(bob, "turn")
+        turn = await bob.receive_until("turn")
         assert turn["session"] == a
         await alice.send({"type": "move", "n": 2})
-        moved = await _next(bob, "moved")
+        moved = await bob.receive_until("moved")
         assert moved == {**moved, "session": a, "n": 2, "total": 2, "by_ai": False}
-        await _next(bob, "turn", session=b)
+        await bob.receive_until("turn", session=b)
         # Alice's link dies. Bob is told the AI plays for her.
-        alice_last_seq = (await _next(alice, "turn", session=b))["seq"]
+        alice_last_seq = (await alice.receive_until("turn", session=b))["seq"]
         alice.vanish()
-        away = await _next(bob, "player_away", session=a)
+        away = await bob.receive_until("player_away", session=a)
         assert away["ai"] is True
         await bob.send({"type": "move", "n": 1})
-        await _next(bob, "moved", session=b, total=3)
-        ai = await _next(bob, "moved", session=a)
+        await bob.receive_until("moved", session=b, total=3)
+        ai = await bob.receive_until("moved", session=a)
         assert ai["by_ai"] is True and ai["total"] == 5  # the AI leaves 1 mod 4
-        await _next(bob, "turn", session=b)
+        await bob.receive_until("turn", session=b)
         # Alice comes back: she gets what she missed, Bob sees player_back.
-        alice, again = await _join(server, "duel", resume_path(wa, alice_last_seq, "/rooms/duel"))
+        alice, again = await welcomed(server, resume_path(wa, alice_last_seq, "/rooms/duel"))
         assert again["resumed"] is True and again["shard"] == wa["shard"]
-        back = await _next(bob, "player_back", session=a)
+        back = await bob.receive_until("player_back", session=a)
         assert back["ai"] is False
         replayed = [await alice.receive() for _ in range(6)]
         assert [(m["type"], m.get("session")) for m in replayed] == [
@@ -95,19 +78,19 @@ async def test_away_player_is_played_by_the_ai_until_they_resume() -> None:
         assert [m["seq"] for m in replayed] == list(range(alice_last_seq + 1, alice_last_seq + 7))
         # Her own move counts again.
         await bob.send({"type": "move", "n": 3})
-        await _next(alice, "turn", session=a)
+        await alice.receive_until("turn", session=a)
         await alice.send({"type": "move", "n": 1})
-        mine = await _next(bob, "moved", session=a)
+        mine = await bob.receive_until("moved", session=a)
         assert mine == {**mine, "n": 1, "total": 9, "by_ai": False}
 
 
 async def test_expired_player_is_removed_and_everyone_sees_user_left() -> None:
     async with open_server("--grace", "0.5", "--ai-think-seconds", "0.05", shards=2) as server:
-        alice, wa = await _join(server, "short")
-        bob, _ = await _join(server, "short")
+        alice, wa = await welcomed(server, "/rooms/short")
+        bob, _ = await welcomed(server, "/rooms/short")
         alice.vanish()
-        await _next(bob, "player_away", session=wa["session"])
-        left = await _next(bob, "user_left", session=wa["session"])
+        await bob.receive_until("player_away", session=wa["session"])
+        left = await bob.receive_until("user_left", session=wa["session"])
         assert left["reason"] == "expired"
 
 
@@ -124,7 +107,7 @@ async def test_bad_request_lines_get_an_http_error_and_others_are_unaffected(
     request_line: bytes, status: bytes
 ) -> None:
     async with open_server(shards=2) as server:
-        bystander, _ = await _join(server, "calm")
+        bystander, _ = await welcomed(server, "/rooms/calm")
         stream = await trio.open_tcp_stream("127.0.0.1", server.port)
         await stream.send_all(request_line + b"\r\nHost: x\r\n\r\n")
         with trio.fail_after(10):
@@ -142,7 +125,7 @@ def _fds(pid: int) -> int:
 
 async def _connect_and_close(server: ServerProcess, count: int) -> None:
     for _ in range(count):
-        client, _ = await _join(server, "leak")
+        client, _ = await welcomed(server, "/rooms/leak")
         await client.close()
 
 
@@ -154,7 +137,7 @@ async def _keep_reading(client: RawClient) -> None:
 
 async def test_routing_a_thousand_connections_leaks_no_fd() -> None:
     async with open_server(shards=4, echo_logs=False) as server, trio.open_nursery() as nursery:
-        anchor, welcome = await _join(server, "leak")  # the room exists and has an owner
+        anchor, welcome = await welcomed(server, "/rooms/leak")  # the room exists and has an owner
         nursery.start_soon(_keep_reading, anchor)
         pids = sorted(server.all_pids())
         await _connect_and_close(server, 100)  # warm-up: one-time lazy allocations
@@ -193,7 +176,7 @@ async def test_a_room_that_empties_and_refills_at_once_stays_on_one_shard() -> N
 
         async def churn() -> None:
             for _ in range(60):
-                client, welcome = await _join(server, "churn")
+                client, welcome = await welcomed(server, "/rooms/churn")
                 shards.add(welcome["shard"])
                 await client.close()
 

@@ -8,16 +8,9 @@ from typing import Any
 import pytest
 import trio
 
-from tests.support import Closed, RawClient, ServerProcess, open_server, resume_path
+from tests.support import Closed, RawClient, ServerProcess, open_server, resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def _welcome(server: ServerProcess, path: str = "/") -> tuple[RawClient, dict[str, Any]]:
-    client = await RawClient.connect(server.port, path)
-    welcome = await client.receive()
-    assert welcome["type"] == "welcome", welcome
-    return client, welcome
 
 
 async def _said_texts(client: RawClient, count: int) -> list[tuple[int, str]]:
@@ -35,8 +28,8 @@ async def _gone(server: ServerProcess, session: str, kind: str = "abnormal") -> 
 
 async def test_abrupt_close_then_resume_replays_missed_messages_once_in_order() -> None:
     async with open_server(shards=2) as server:
-        player, welcome = await _welcome(server)
-        other, _ = await _welcome(server)
+        player, welcome = await welcomed(server)
+        other, _ = await welcomed(server)
         await other.send({"type": "say", "text": "before"})
         seen = await _said_texts(player, 1)
         last_seq = seen[-1][0]
@@ -45,7 +38,7 @@ async def test_abrupt_close_then_resume_replays_missed_messages_once_in_order() 
         for i in range(5):
             await other.send({"type": "say", "text": f"missed {i}"})
         await _said_texts(other, 6)  # the five were delivered (and recorded) everywhere
-        back, again = await _welcome(server, resume_path(welcome, last_seq))
+        back, again = await welcomed(server, resume_path(welcome, last_seq))
         assert again["resumed"] is True and again["session"] == welcome["session"]
         assert "resume_error" not in again and again["token"] != welcome["token"]
         replayed = await _said_texts(back, 5)
@@ -59,9 +52,9 @@ async def test_abrupt_close_then_resume_replays_missed_messages_once_in_order() 
 
 async def test_resume_accepted_by_another_shard_is_routed_to_the_holder() -> None:
     async with open_server(shards=2) as server:
-        player, welcome = await _welcome(server)
+        player, welcome = await welcomed(server)
         holder, last_seq = welcome["shard"], 0
-        other, _ = await _welcome(server)
+        other, _ = await welcomed(server)
         # The kernel picks the accepting shard; keep resuming until another one accepted
         # (it logs "routed"): the holder still serves it, with the replay.
         for attempt in range(40):
@@ -69,7 +62,7 @@ async def test_resume_accepted_by_another_shard_is_routed_to_the_holder() -> Non
             player.vanish()
             await _gone(server, welcome["session"])
             mark = len(server.log.lines)
-            player, welcome = await _welcome(server, resume_path(welcome, last_seq))
+            player, welcome = await welcomed(server, resume_path(welcome, last_seq))
             assert welcome["resumed"] is True and welcome["shard"] == holder
             (seq, text), *_ = await _said_texts(player, 1)
             assert (seq, text) == (last_seq + 1, f"while away {attempt}")
@@ -83,15 +76,15 @@ async def test_resume_accepted_by_another_shard_is_routed_to_the_holder() -> Non
 async def test_resume_on_another_shard_fetches_the_session_with_its_buffer() -> None:
     # Without fd routing (as across machines) the accepting shard fetches the session.
     async with open_server("--no-resume-routing", shards=2) as server:
-        player, welcome = await _welcome(server)
-        other, _ = await _welcome(server)
+        player, welcome = await welcomed(server)
+        other, _ = await welcomed(server)
         holder, last_seq, count = welcome["shard"], 0, 0
         # The kernel picks the accepting shard; resume until a different one took it.
         for attempt in range(40):
             await other.send({"type": "say", "text": f"while away {attempt}"})
             player.vanish()
             await _gone(server, welcome["session"])
-            player, welcome2 = await _welcome(server, resume_path(welcome, last_seq))
+            player, welcome2 = await welcomed(server, resume_path(welcome, last_seq))
             assert welcome2["resumed"] is True, welcome2
             said = await _said_texts(player, 1 + attempt - count)
             assert [seq for seq, _ in said] == list(range(last_seq + 1, last_seq + 1 + len(said)))
@@ -111,14 +104,14 @@ async def test_resume_on_another_shard_fetches_the_session_with_its_buffer() -> 
 
 async def test_client_messages_are_neither_lost_nor_doubled_across_a_reconnect() -> None:
     async with open_server(shards=2) as server:
-        player, welcome = await _welcome(server)
+        player, welcome = await welcomed(server)
         for cseq in (1, 2, 3):
             await player.send({"type": "echo", "data": cseq, "cseq": cseq})
         echoes = [(await player.receive_until("echo"))["data"] for _ in range(3)]
         assert echoes == [1, 2, 3]
         player.vanish()
         await _gone(server, welcome["session"])
-        player, again = await _welcome(server, resume_path(welcome, 3))
+        player, again = await welcomed(server, resume_path(welcome, 3))
         assert again["last_cseq"] == 3
         # A client unsure whether 3 arrived re-sends it; the server skips it.
         for cseq in (3, 4):
@@ -136,45 +129,45 @@ async def test_client_messages_are_neither_lost_nor_doubled_across_a_reconnect()
 
 async def test_expired_grace_announces_user_left_to_the_others() -> None:
     async with open_server("--grace", "0.5", shards=2) as server:
-        player, welcome = await _welcome(server)
-        other, _ = await _welcome(server)
+        player, welcome = await welcomed(server)
+        other, _ = await welcomed(server)
         player.vanish()
         left = await other.receive_until("user_left", timeout=15)
         assert left == {**left, "session": welcome["session"], "reason": "expired"}
         expired = await server.log.wait_for("session_expired", session=welcome["session"])
         assert float(expired["away_s"]) >= 0.5
         # Its token now yields a new session that says why.
-        _, late = await _welcome(server, resume_path(welcome, 0))
+        _, late = await welcomed(server, resume_path(welcome, 0))
         assert late["resumed"] is False and late["resume_error"] == "expired"
         assert late["session"] != welcome["session"]
 
 
 async def test_used_and_forged_tokens_give_a_new_session_with_resume_error() -> None:
     async with open_server(shards=2) as server:
-        player, welcome = await _welcome(server)
+        player, welcome = await welcomed(server)
         player.vanish()
         await _gone(server, welcome["session"])
-        back, resumed = await _welcome(server, resume_path(welcome, 0))
+        back, resumed = await welcomed(server, resume_path(welcome, 0))
         assert resumed["resumed"] is True
         # The client speaks on the new connection: it has the new token, the old one dies.
         await back.send({"type": "echo", "data": 1})
         await back.receive_until("echo")
-        _, reused = await _welcome(server, resume_path(welcome, 0))
+        _, reused = await welcomed(server, resume_path(welcome, 0))
         assert reused["resumed"] is False and reused["resume_error"] == "invalid"
         assert reused["session"] != welcome["session"]
         forged = {
             "token": welcome["token"][:-4] + ("AAAA" if welcome["token"][-4:] != "AAAA" else "BBBB")
         }
-        _, refused = await _welcome(server, resume_path(forged, 0))
+        _, refused = await welcomed(server, resume_path(forged, 0))
         assert refused["resumed"] is False and refused["resume_error"] == "invalid"
-        _, junk = await _welcome(server, "/?resume=not-a-token&last_seq=0")
+        _, junk = await welcomed(server, "/?resume=not-a-token&last_seq=0")
         assert junk["resume_error"] == "invalid"
 
 
 async def test_two_connections_racing_to_resume_one_session_exactly_one_wins() -> None:
     async with open_server(shards=2) as server:
         for _ in range(5):
-            player, welcome = await _welcome(server)
+            player, welcome = await welcomed(server)
             player.vanish()
             await _gone(server, welcome["session"])
             results: list[tuple[RawClient, dict[str, Any]]] = []
@@ -183,7 +176,7 @@ async def test_two_connections_racing_to_resume_one_session_exactly_one_wins() -
                 welcome: dict[str, Any] = welcome,
                 results: list[tuple[RawClient, dict[str, Any]]] = results,
             ) -> None:
-                results.append(await _welcome(server, resume_path(welcome, 0)))
+                results.append(await welcomed(server, resume_path(welcome, 0)))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(resume)
@@ -208,7 +201,7 @@ async def test_two_connections_racing_to_resume_one_session_exactly_one_wins() -
 
 async def test_a_welcome_lost_in_transit_does_not_lose_the_session() -> None:
     async with open_server(shards=2) as server:
-        player, welcome = await _welcome(server)
+        player, welcome = await welcomed(server)
         player.vanish()
         await _gone(server, welcome["session"])
         # The resume succeeds, but the link dies before the client reads the new token...
@@ -216,15 +209,15 @@ async def test_a_welcome_lost_in_transit_does_not_lose_the_session() -> None:
         back.vanish()
         await server.log.wait_for("resume", session=welcome["session"])
         # ...so it comes back with the token it has: the previous one still works.
-        _, again = await _welcome(server, resume_path(welcome, 0))
+        _, again = await welcomed(server, resume_path(welcome, 0))
         assert again["resumed"] is True and again["session"] == welcome["session"]
 
 
 async def test_resume_while_the_old_connection_looks_alive_closes_it_with_4000() -> None:
     async with open_server(shards=2) as server:
-        zombie, welcome = await _welcome(server)
+        zombie, welcome = await welcomed(server)
         # The old connection is still open (its owner has not noticed it is dead).
-        _, again = await _welcome(server, resume_path(welcome, 0))
+        _, again = await welcomed(server, resume_path(welcome, 0))
         assert again["resumed"] is True
         with pytest.raises(Closed) as info:
             while True:
@@ -238,10 +231,10 @@ async def test_resume_while_the_old_connection_looks_alive_closes_it_with_4000()
 
 async def test_graceful_close_leaves_at_once() -> None:
     async with open_server("--grace", "60", shards=2) as server:
-        player, welcome = await _welcome(server)
-        other, _ = await _welcome(server)
+        player, welcome = await welcomed(server)
+        other, _ = await welcomed(server)
         await player.close(1000)
         left = await other.receive_until("user_left")
         assert left["session"] == welcome["session"] and left["reason"] == "graceful"
-        _, late = await _welcome(server, resume_path(welcome, 0))
+        _, late = await welcomed(server, resume_path(welcome, 0))
         assert late["resume_error"] == "expired"
