@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.logfmt import parse
+from core.logfmt import matches, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 # The server under test runs from this directory (``python -m supervisor`` with it as the
@@ -253,11 +253,7 @@ class Server:
     def events(self, event: str, after: int = 0, **match: Any) -> list[dict[str, str]]:
         with self._cond:
             lines = self.lines[after:]
-        return [
-            f
-            for f in lines
-            if f.get("event") == event and all(f.get(k) == str(v) for k, v in match.items())
-        ]
+        return [f for f in lines if matches(f, event, **match)]
 
     def wait_for(
         self,
@@ -275,11 +271,7 @@ class Server:
                 while i < len(self.lines):
                     f = self.lines[i]
                     i += 1
-                    if f.get("event") != event:
-                        continue
-                    if any(f.get(k) != str(v) for k, v in match.items()):
-                        continue
-                    if predicate is None or predicate(f):
+                    if matches(f, event, **match) and (predicate is None or predicate(f)):
                         return f
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -6,6 +6,7 @@ Pure formatting, so tests can parse what the processes print with ``parse``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -29,6 +30,12 @@ def format_line(event: str, **fields: Any) -> str:
     parts = [f"event={_value(event)}"]
     parts.extend(f"{key}={_value(val)}" for key, val in fields.items())
     return " ".join(parts)
+
+
+def matches(fields: Mapping[str, str], event: str, **match: Any) -> bool:
+    """Whether a parsed line is ``event`` with each field of ``match`` (compared as text, so
+    ``shard=3`` matches ``"3"``)."""
+    return fields.get("event") == event and all(fields.get(k) == str(v) for k, v in match.items())
 
 
 def parse(line: str) -> dict[str, str]:

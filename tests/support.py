@@ -21,7 +21,7 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from core.logfmt import parse
+from core.logfmt import matches, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,11 +43,7 @@ class LogLines:
             self._changed = trio.Event()
 
     def events(self, event: str, **match: Any) -> list[dict[str, str]]:
-        return [
-            f
-            for f in self.lines
-            if f.get("event") == event and all(f.get(k) == str(v) for k, v in match.items())
-        ]
+        return [f for f in self.lines if matches(f, event, **match)]
 
     async def wait_for(
         self,
@@ -65,11 +61,7 @@ class LogLines:
                 while i < len(self.lines):
                     f = self.lines[i]
                     i += 1
-                    if f.get("event") != event:
-                        continue
-                    if any(f.get(k) != str(v) for k, v in match.items()):
-                        continue
-                    if predicate is None or predicate(f):
+                    if matches(f, event, **match) and (predicate is None or predicate(f)):
                         return f
                 await self._changed.wait()
 

@@ -7,7 +7,7 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.logfmt import format_line, parse
+from core.logfmt import format_line, matches, parse
 
 
 def test_line_is_event_first_then_fields_in_the_order_given() -> None:
@@ -81,3 +81,12 @@ def test_parse_inverts_format_line_for_any_printable_values(
     parsed = parse(line)
     assert parsed == {"event": event, **fields}
     assert list(parsed) == ["event", *fields]
+
+
+def test_matches_compares_event_and_fields_as_text() -> None:
+    line = parse(format_line("shard_exit", shard=3, returncode=-9))
+    assert matches(line, "shard_exit")
+    assert matches(line, "shard_exit", shard=3, returncode="-9")
+    assert not matches(line, "shard_spawn", shard=3)
+    assert not matches(line, "shard_exit", shard=4)
+    assert not matches(line, "shard_exit", pid=1)  # a field the line does not have
