@@ -44,6 +44,7 @@ from bench._load import (
     OP_PING,
     OP_PONG,
     JsonProcess,
+    StdinCommands,
     _emit,
     client_frame,
     open_ws,
@@ -248,9 +249,7 @@ def run_clients(a: argparse.Namespace) -> None:
     by_fd = {c["sock"].fileno(): c for c in conns}
     for fd in by_fd:
         ep.register(fd, select.EPOLLIN)
-    stdin_fd = sys.stdin.fileno()
-    os.set_blocking(stdin_fd, False)
-    ep.register(stdin_fd, select.EPOLLIN)
+    stdin = StdinCommands(ep)
     counts: dict[str, Any] = {"pings": 0, "closed": {}}
 
     def drop(c: dict[str, Any], why: str) -> None:
@@ -297,21 +296,17 @@ def run_clients(a: argparse.Namespace) -> None:
             )
         return True
 
-    buf = b""
     stop_at = time.monotonic() + a.max_seconds
     running = True
     while running and time.monotonic() < stop_at:
         for fd, _ev in ep.poll(0.5):
-            if fd == stdin_fd:
-                chunk = b""
-                with contextlib.suppress(BlockingIOError):
-                    chunk = os.read(stdin_fd, 4096)
-                if not chunk:
+            if fd == stdin.fd:
+                lines = stdin.read()
+                if lines is None:
                     running = False
                     break
-                *lines, buf = (buf + chunk).split(b"\n")
                 for line in lines:
-                    if not command(line.decode()):
+                    if not command(line):
                         running = False
                 continue
             c = by_fd.get(fd)

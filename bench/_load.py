@@ -471,6 +471,28 @@ def _new_socket(source: str | None) -> socket.socket:
     return sock
 
 
+class StdinCommands:
+    """The parent's command lines (``stats``, ``close``, ...) on a load child's stdin, read
+    in the child's epoll loop: ``fd`` is registered in ``ep``; ``read`` (when it is
+    ready) returns the whole lines that came, or None once the parent closed stdin."""
+
+    def __init__(self, ep: select.epoll) -> None:
+        self.fd = sys.stdin.fileno()
+        os.set_blocking(self.fd, False)
+        ep.register(self.fd, select.EPOLLIN)
+        self._buf = b""
+
+    def read(self) -> list[str] | None:
+        try:
+            chunk = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return []
+        if not chunk:
+            return None
+        *lines, self._buf = (self._buf + chunk).split(b"\n")
+        return [line.decode() for line in lines]
+
+
 def _emit(message: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(message, separators=(",", ":")) + "\n")
     sys.stdout.flush()
@@ -701,27 +723,20 @@ class Pool:
     def run(self) -> None:
         a = self.a
         stop_at = time.monotonic() + a.max_seconds
-        stdin_fd = sys.stdin.fileno()
-        os.set_blocking(stdin_fd, False)
-        self.ep.register(stdin_fd, select.EPOLLIN)
-        stdin_buf = b""
+        stdin = StdinCommands(self.ep)
         next_sweep = time.monotonic() + 1.0
         running = True
         while running and time.monotonic() < stop_at:
             while self.to_open > 0 and self.in_flight < a.concurrency:
                 self._open_one()
             for fd, ev in self.ep.poll(0.5):
-                if fd == stdin_fd:
-                    chunk = b""
-                    with contextlib.suppress(BlockingIOError):
-                        chunk = os.read(stdin_fd, 4096)
-                    if not chunk:
+                if fd == stdin.fd:
+                    lines = stdin.read()
+                    if lines is None:
                         running = False
                         break
-                    stdin_buf += chunk
-                    *lines, stdin_buf = stdin_buf.split(b"\n")
                     for line in lines:
-                        if not self._handle_command(line.decode()):
+                        if not self._handle_command(line):
                             running = False
                     continue
                 conn = self.conns.get(fd)
@@ -949,18 +964,14 @@ def run_active(a: argparse.Namespace) -> None:
         }
     )
     # Linger until told to go (bounded), still answering pings and close frames.
-    stdin_fd = sys.stdin.fileno()
-    os.set_blocking(stdin_fd, False)
-    ep.register(stdin_fd, select.EPOLLIN)
-    by_fd[stdin_fd] = -1
+    stdin = StdinCommands(ep)
+    by_fd[stdin.fd] = -1
     stop_at = time.monotonic() + a.max_seconds
     while time.monotonic() < stop_at:
         events = ep.poll(0.5)
-        if any(fd == stdin_fd for fd, _ in events):
-            chunk = b""
-            with contextlib.suppress(BlockingIOError):
-                chunk = os.read(stdin_fd, 4096)
-            if not chunk or b"close" in chunk:
+        if any(fd == stdin.fd for fd, _ in events):
+            lines = stdin.read()
+            if lines is None or "close" in lines:
                 break
         for fd, _ev in events:
             i = by_fd[fd]
