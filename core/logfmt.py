@@ -1,6 +1,10 @@
-"""Structured log lines: ``event=disconnect kind=heartbeat_timeout code=1006 shard=3``.
+r"""Structured log lines: ``event=disconnect kind=heartbeat_timeout code=1006 shard=3``.
 
-logfmt: space-separated ``key=value``; values with spaces, quotes or ``=`` are quoted.
+logfmt: space-separated ``key=value``; values with spaces, quotes, ``=``, backslashes or
+any control character are quoted. Inside quotes ``\\``, ``\"``, ``\n``, ``\r``, ``\t`` and
+``\uXXXX`` (every other control character, and the Unicode line separators U+0085,
+U+2028, U+2029) are escaped, so a value a client chose (a close reason, a path) can never
+start a second, forged line for a reader that splits on universal newlines.
 Pure formatting, so tests can parse what the processes print with ``parse``.
 """
 
@@ -8,6 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+_NAMED = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Every C0/C1 control character and DEL, plus U+2028/U+2029 (str.splitlines breaks there).
+_CONTROL = {chr(c) for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}
+_ESCAPES = str.maketrans({c: _NAMED.get(c, f"\\u{ord(c):04x}") for c in (*_CONTROL, "\\", '"')})
+_NEEDS_QUOTES = frozenset(' "=\\') | _CONTROL
+_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t"}
 
 
 def _value(value: Any) -> str:
@@ -19,9 +30,8 @@ def _value(value: Any) -> str:
         text = "true" if value else "false"
     else:
         text = str(value)
-    if text == "" or any(c in text for c in ' "=\n\t'):
-        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
+    if text == "" or not _NEEDS_QUOTES.isdisjoint(text):
+        return f'"{text.translate(_ESCAPES)}"'
     return text
 
 
@@ -56,7 +66,14 @@ def parse(line: str) -> dict[str, str]:
             while i < n and line[i] != '"':
                 if line[i] == "\\" and i + 1 < n:
                     nxt = line[i + 1]
-                    buf.append("\n" if nxt == "n" else nxt)
+                    if nxt == "u" and i + 6 <= n:
+                        try:
+                            buf.append(chr(int(line[i + 2 : i + 6], 16)))
+                            i += 6
+                            continue
+                        except ValueError:
+                            pass
+                    buf.append(_UNESCAPE.get(nxt, nxt))
                     i += 2
                     continue
                 buf.append(line[i])

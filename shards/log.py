@@ -20,7 +20,7 @@ def log(event: str, **fields: Any) -> None:
     """Write one line with a single ``write`` so lines from several processes never interleave."""
     line = f"ts={time.time():.3f} {format_line(event, **fields)}\n"
     try:
-        os.write(sys.stderr.fileno(), line.encode())
+        os.write(sys.stderr.fileno(), line.encode(errors="backslashreplace"))
     except OSError:
         pass
     for listener in listeners:

@@ -62,7 +62,27 @@ def test_parse_gives_up_on_lines_that_are_not_logfmt() -> None:
 
 
 KEYS = st.from_regex(r"[a-z_]+", fullmatch=True).filter(lambda k: k != "event")
-SPECIAL = st.sampled_from([" ", '"', "=", "\n", "\t", "\\", "\\n", '\\"', "-"])
+SPECIAL = st.sampled_from(
+    [
+        " ",
+        '"',
+        "=",
+        "\n",
+        "\r",
+        "\t",
+        "\\",
+        "\\n",
+        '\\"',
+        "-",
+        "\x00",
+        "\x1b",
+        "\x85",
+        "\u2028",
+        "\u2029",
+        "\\u2028",
+        "\x7f",
+    ]
+)
 VALUES = st.lists(
     st.text(alphabet=string.printable, max_size=8)
     | st.text(max_size=4)  # any unicode (no surrogates)
@@ -77,7 +97,7 @@ def test_parse_inverts_format_line_for_any_printable_values(
     event: str, fields: dict[str, str]
 ) -> None:
     line = format_line(event, **fields)
-    assert "\n" not in line
+    assert len(line.splitlines()) == 1  # one record, one line, for any line splitter
     parsed = parse(line)
     assert parsed == {"event": event, **fields}
     assert list(parsed) == ["event", *fields]
@@ -90,3 +110,13 @@ def test_matches_compares_event_and_fields_as_text() -> None:
     assert not matches(line, "shard_spawn", shard=3)
     assert not matches(line, "shard_exit", shard=4)
     assert not matches(line, "shard_exit", pid=1)  # a field the line does not have
+
+
+def test_every_control_character_is_escaped_so_no_reader_sees_a_forged_line() -> None:
+    # A client-chosen close reason with a CR would otherwise start a forged
+    # "event=shard_exit" record for readers that split on universal newlines.
+    forged = "bye\revent=shard_exit shard=0\u2028x\x85y\x0bz\x1c"
+    line = format_line("disconnect", reason=forged)
+    assert line.splitlines() == [line]
+    assert line.isprintable()
+    assert parse(line) == {"event": "disconnect", "reason": forged}
