@@ -43,6 +43,16 @@ class Broadcast(_Control, tag="broadcast", kw_only=True):
     bseq: int = 0
 
 
+class BroadcastGap(_Control, tag="broadcast_gap", kw_only=True):
+    """Supervisor -> shard: broadcasts ``first``..``last`` (``bseq``) will never reach this
+    shard (it fell further behind than the supervisor's broadcast log reaches). The shard
+    counts it and marks every session it holds with ``replay_gap``; the next Broadcast it
+    gets is ``last + 1``."""
+
+    first: int
+    last: int
+
+
 class Claim(_Control, tag="claim", kw_only=True):
     """Shard -> supervisor: this shard now holds ``session``."""
 
@@ -188,11 +198,14 @@ class PassConnection(msgspec.Struct, kw_only=True):
     room: str | None = None
     session: str | None = None
     origin: int = -1
+    peer: str = ""  # the client's address ("host" without the port), for per-address caps
+    head: bytes = b""  # the request head the origin already read off the socket (<= 8 KiB)
 
 
 ControlMessage = (
     Ready
     | Broadcast
+    | BroadcastGap
     | Drain
     | Drained
     | Claim
