@@ -1,10 +1,12 @@
-"""Build hook: cythonize ``core/*.pyx`` (both ``pip install .`` and ``pip install -e .``)."""
+"""Build hook: cythonize ``core/*.pyx`` - the heartbeat wheel and the WebSocket frame codec
+(both ``pip install .`` and ``pip install -e .``)."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = [
     Extension("core.heartbeat_wheel", ["core/heartbeat_wheel.pyx"], extra_compile_args=["-O2"]),
+    Extension("core.ws_codec", ["core/ws_codec.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(
