@@ -4,9 +4,13 @@ Sans-I/O, like h11's connection state: methods take ``now`` (seconds of a clock 
 every process on the machine, e.g. ``time.monotonic()``) and return what the caller must
 do; illegal transitions raise ``SessionStateError``.
 
-* Outbound: every stream message gets the next ``seq`` and is kept in a bounded replay
-  buffer (default 1024 messages; memory = that many references per session, the
-  messages themselves are shared between recipients of a broadcast).
+* Outbound: every stream message gets the next ``seq`` and its JSON body (without
+  ``seq``, see ``core.protocol.encode_body``) is kept in a replay buffer bounded in count
+  (default 1024 messages) and in bytes (default 256 KiB of bodies). A broadcast's body is
+  one ``bytes`` object shared by every recipient's buffer, so the real memory is one
+  reference per session; the byte budget counts it per session all the same, which keeps
+  the worst case (every body distinct) bounded: about ``buffer_bytes`` + 80 bytes per
+  entry per session.
 * Inbound: ``last_cseq`` is the high-water mark of client messages processed; a message
   at or below it is a duplicate of a re-send and is skipped.
 * Tokens: ``epoch`` counts welcomes; a resume must present the current epoch's token,
@@ -22,15 +26,18 @@ from __future__ import annotations
 import enum
 import secrets
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
-from core.protocol import StreamMessage
-
 DEFAULT_REPLAY_BUFFER = 1024
+DEFAULT_REPLAY_BYTES = 256 * 1024
 DEFAULT_GRACE = 120.0
+# How far a recovering client's last_seq may run ahead of its crashed holder's checkpoint
+# (messages the holder sent after the checkpoint). Beyond it the resume is refused.
+RECOVER_SLACK = 1 << 20
+ENTRY_OVERHEAD = 80  # bytes a replay entry costs besides its body (tuple, deque slot)
 
 
 class SessionState(enum.StrEnum):
@@ -54,17 +61,18 @@ class ResumePlan:
     """What a resume must send after ``welcome``: ``replay`` in order; ``gap`` when the
     buffer no longer held everything after the client's ``last_seq``."""
 
-    replay: list[tuple[int, Any]]
+    replay: list[tuple[int, bytes]]  # (seq, JSON body without seq)
     gap: bool
 
 
 class ReplayEntry(msgspec.Struct, array_like=True):
     seq: int
-    message: StreamMessage
+    body: int  # index into the enclosing SnapshotBatch.bodies
 
 
 class SessionSnapshot(msgspec.Struct, kw_only=True):
-    """Everything needed to continue a session in another process."""
+    """Everything needed to continue a session in another process (its replay buffer
+    refers to the bodies of the ``SnapshotBatch`` that carries it)."""
 
     id: str
     state: str
@@ -78,6 +86,21 @@ class SessionSnapshot(msgspec.Struct, kw_only=True):
     buffer: list[ReplayEntry]
     room: str | None = None
     token_confirmed: bool = True
+    buffer_bytes: int = DEFAULT_REPLAY_BYTES
+    peer: str = ""
+
+
+class SnapshotBatch(msgspec.Struct, kw_only=True):
+    """Sessions for another process. A body several sessions hold (a broadcast) is in
+    ``bodies`` once, whatever the number of sessions that refer to it."""
+
+    bodies: list[bytes]
+    sessions: list[SessionSnapshot]
+
+    @property
+    def size(self) -> int:
+        """Bytes this batch costs on the wire, roughly (bodies + ~120 per session/entry)."""
+        return sum(map(len, self.bodies)) + sum(160 + 12 * len(s.buffer) for s in self.sessions)
 
 
 class Session:
@@ -94,7 +117,11 @@ class Session:
         "away_reason",
         "room",
         "token_confirmed",
+        "peer",
         "_buffer",
+        "_buffer_bytes",
+        "max_buffer_bytes",
+        "_maxlen",
     )
 
     def __init__(
@@ -103,10 +130,14 @@ class Session:
         *,
         grace: float = DEFAULT_GRACE,
         buffer_size: int = DEFAULT_REPLAY_BUFFER,
+        buffer_bytes: int = DEFAULT_REPLAY_BYTES,
         room: str | None = None,
+        peer: str = "",
     ) -> None:
         if buffer_size < 1:
             raise ValueError("replay buffer must hold at least one message")
+        if buffer_bytes < 1:
+            raise ValueError("replay buffer must hold at least one byte")
         self.id = session_id or new_session_id()
         self.state = SessionState.CONNECTED
         self.epoch = 0
@@ -117,15 +148,26 @@ class Session:
         self.away_reason: str | None = None
         self.room = room  # the room this session plays in (None = lobby)
         self.token_confirmed = True  # the client has shown it holds the current token
-        self._buffer: deque[tuple[int, Any]] = deque(maxlen=buffer_size)
+        self.peer = peer  # the client's address when it connected (per-address caps)
+        self._buffer: deque[tuple[int, bytes]] = deque()
+        self._buffer_bytes = 0
+        self.max_buffer_bytes = buffer_bytes
+        self._maxlen = buffer_size
 
     # ----------------------------------------------------------------- stream
-    def record(self, message: Any) -> int:
-        """Number an outbound stream message and keep it for replay; returns its seq."""
+    def record(self, body: bytes) -> int:
+        """Number an outbound stream message (its JSON body without ``seq``) and keep it
+        for replay, dropping the oldest past the count or byte budget; returns its seq."""
         if self.state in (SessionState.EXPIRED, SessionState.LEFT):
             raise SessionStateError(f"session {self.id} is {self.state}")
         self.last_seq += 1
-        self._buffer.append((self.last_seq, message))
+        buffer = self._buffer
+        buffer.append((self.last_seq, body))
+        self._buffer_bytes += len(body) + ENTRY_OVERHEAD
+        while len(buffer) > self._maxlen or (
+            self._buffer_bytes > self.max_buffer_bytes and len(buffer) > 1
+        ):
+            self._buffer_bytes -= len(buffer.popleft()[1]) + ENTRY_OVERHEAD
         return self.last_seq
 
     def is_duplicate(self, cseq: int | None) -> bool:
@@ -139,6 +181,11 @@ class Session:
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """What the replay buffer costs by its budget (bodies + ``ENTRY_OVERHEAD`` each)."""
+        return self._buffer_bytes
 
     # ----------------------------------------------------------------- lifecycle
     def next_token_epoch(self) -> int:
@@ -210,6 +257,8 @@ class Session:
             raise SessionStateError(f"session {self.id} is {self.state}")
         if epoch < self.epoch - 1:
             raise ValueError("token older than the checkpoint")
+        if last_seq < 0 or last_seq > self.last_seq + RECOVER_SLACK:
+            raise ValueError(f"last_seq {last_seq} is beyond what the session could have sent")
         self.epoch = max(self.epoch, epoch)
         self.state = SessionState.CONNECTED
         self.away_since = None
@@ -219,46 +268,68 @@ class Session:
             self.last_seq = last_seq
         return ResumePlan(replay=replay, gap=True)
 
-    def snapshot_tail(self, keep: int) -> SessionSnapshot:
-        """A snapshot with only the newest ``keep`` buffered messages (for checkpoints)."""
-        snap = self.snapshot()
-        if len(snap.buffer) > keep:
-            snap.buffer = snap.buffer[-keep:]
-        return snap
-
     def expire(self, now: float) -> None:
         if not self.expired(now):
             raise SessionStateError(f"session {self.id} is not past its grace window")
         self.state = SessionState.EXPIRED
-        self._buffer.clear()
+        self._clear()
 
     def leave(self) -> None:
         """The player left on purpose (close 1000/1001)."""
         if self.state in (SessionState.EXPIRED, SessionState.LEFT):
             raise SessionStateError(f"session {self.id} is {self.state}")
         self.state = SessionState.LEFT
+        self._clear()
+
+    def _clear(self) -> None:
         self._buffer.clear()
+        self._buffer_bytes = 0
 
     # ----------------------------------------------------------------- hand-off
-    def snapshot(self) -> SessionSnapshot:
+    def snapshot(
+        self, bodies: dict[int, int], table: list[bytes], keep: int = 0
+    ) -> SessionSnapshot:
+        """This session for another process; its bodies go into ``table`` (once each,
+        ``bodies`` maps ``id(body)`` to its index). ``keep`` > 0 keeps only that many of
+        the newest buffered messages."""
+        entries = (
+            self._buffer if keep <= 0 or keep >= len(self._buffer) else list(self._buffer)[-keep:]
+        )
+        buffer = []
+        for seq, body in entries:
+            index = bodies.get(id(body))
+            if index is None:
+                index = bodies[id(body)] = len(table)
+                table.append(body)
+            buffer.append(ReplayEntry(seq, index))
         return SessionSnapshot(
             id=self.id,
             state=str(self.state),
             epoch=self.epoch,
             last_seq=self.last_seq,
             last_cseq=self.last_cseq,
-            buffer_size=self._buffer.maxlen or DEFAULT_REPLAY_BUFFER,
+            buffer_size=self._maxlen,
+            buffer_bytes=self.max_buffer_bytes,
             grace=self.grace,
             away_since=self.away_since,
             away_reason=self.away_reason,
-            buffer=[ReplayEntry(seq, msg) for seq, msg in self._buffer],
+            buffer=buffer,
             room=self.room,
             token_confirmed=self.token_confirmed,
+            peer=self.peer,
         )
 
     @classmethod
-    def restore(cls, snap: SessionSnapshot) -> Session:
-        s = cls(snap.id, grace=snap.grace, buffer_size=snap.buffer_size, room=snap.room)
+    def restore(cls, snap: SessionSnapshot, bodies: list[bytes]) -> Session:
+        """A session from ``snapshot`` (``bodies``: its batch's table)."""
+        s = cls(
+            snap.id,
+            grace=snap.grace,
+            buffer_size=max(1, snap.buffer_size),
+            buffer_bytes=max(1, snap.buffer_bytes),
+            room=snap.room,
+            peer=snap.peer,
+        )
         s.state = SessionState(snap.state)
         s.epoch = snap.epoch
         s.last_seq = snap.last_seq
@@ -266,5 +337,40 @@ class Session:
         s.away_since = snap.away_since
         s.away_reason = snap.away_reason
         s.token_confirmed = snap.token_confirmed
-        s._buffer.extend((e.seq, e.message) for e in snap.buffer)
+        for entry in snap.buffer:
+            body = bodies[entry.body]
+            s._buffer.append((entry.seq, body))
+            s._buffer_bytes += len(body) + ENTRY_OVERHEAD
         return s
+
+
+def pack(sessions: Iterable[Session], budget: int, keep: int = 0) -> Iterator[SnapshotBatch]:
+    """``sessions`` as batches of at most about ``budget`` bytes each (a batch always
+    holds at least one session: one session's buffer is bounded by its own byte budget).
+    A body shared by sessions of one batch is carried once. ``keep``: see ``snapshot``."""
+    bodies: dict[int, int] = {}
+    table: list[bytes] = []
+    snaps: list[SessionSnapshot] = []
+    size = 0
+    for session in sessions:
+        before = len(table)
+        snap = session.snapshot(bodies, table, keep)
+        grown = sum(len(b) for b in table[before:]) + 160 + 12 * len(snap.buffer)
+        if snaps and size + grown > budget:
+            # Start a new batch with this session (its bodies re-registered there).
+            del table[before:]
+            for key in [k for k, i in bodies.items() if i >= before]:
+                del bodies[key]
+            yield SnapshotBatch(bodies=table, sessions=snaps)
+            bodies, table, snaps = {}, [], []
+            snap = session.snapshot(bodies, table, keep)
+            grown = sum(map(len, table)) + 160 + 12 * len(snap.buffer)
+            size = 0
+        snaps.append(snap)
+        size += grown
+    if snaps:
+        yield SnapshotBatch(bodies=table, sessions=snaps)
+
+
+def unpack(batch: SnapshotBatch) -> list[Session]:
+    return [Session.restore(snap, batch.bodies) for snap in batch.sessions]
