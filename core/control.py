@@ -3,6 +3,13 @@
 One Unix socketpair per shard carries length-prefixed (4-byte big-endian) msgspec
 msgpack frames, each one member of the ``ControlMessage`` tagged union.
 ``FrameReader`` is the sans-I/O decoder: feed it bytes, get messages.
+
+Frames are bounded: whatever carries sessions (checkpoints, hand-offs, evacuations) is
+split into batches of about ``FRAME_BUDGET`` (1 MiB) by ``core.session.pack``, with each
+shared broadcast body carried once per batch. A frame over ``MAX_FRAME`` (16 MiB), or
+one that does not decode (a peer of other code during a rolling restart), is skipped and
+reported by the reader - never a reason to drop the channel or kill its shard. Memory: the
+reader holds at most one frame (``MAX_FRAME``) plus one read.
 """
 
 from __future__ import annotations
@@ -11,10 +18,10 @@ import struct
 
 import msgspec
 
-from core.protocol import Said, UserLeft
-from core.session import SessionSnapshot
+from core.session import SnapshotBatch
 
-MAX_FRAME = 64 * 1024 * 1024  # a hand-off of a big shard's sessions fits; garbage does not
+MAX_FRAME = 16 * 1024 * 1024
+FRAME_BUDGET = 1024 * 1024  # what a sender packs into one frame of sessions
 _LEN = struct.Struct(">I")
 
 
@@ -39,7 +46,7 @@ class Broadcast(_Control, tag="broadcast", kw_only=True):
     """
 
     origin: int
-    message: Said | UserLeft
+    body: bytes  # the stream message's JSON body without seq (core.protocol.encode_body)
     bseq: int = 0
 
 
@@ -85,11 +92,11 @@ class Surrender(_Control, tag="surrender", kw_only=True):
 
 
 class Handoff(_Control, tag="handoff", kw_only=True):
-    """Holder -> supervisor -> requester: the session (``snapshot`` None = refused)."""
+    """Holder -> supervisor -> requester: the session (``batch`` None = refused)."""
 
     request: int
     session: str
-    snapshot: SessionSnapshot | None
+    batch: SnapshotBatch | None
     applied_bseq: int = 0
     error: str | None = None  # "invalid" | "expired" when refused
     recovered: bool = False  # from a checkpoint of a shard that died, not from a live holder
@@ -98,9 +105,12 @@ class Handoff(_Control, tag="handoff", kw_only=True):
 class Drain(_Control, tag="drain", kw_only=True):
     """Supervisor -> shard: stop accepting, tell clients, close 1012, exit.
 
-    With ``evacuate`` (a rolling restart) the shard first hands every room and session to
-    its siblings (``Evacuate``), so clients resume elsewhere with nothing lost. Clients are
-    told to come back after ``reconnect_after_ms`` plus a share of ``window_ms`` each.
+    With ``evacuate`` (a rolling restart) the shard hands its rooms and sessions to the
+    replacement one unit at a time (a room with its players, or a slice of the lobby),
+    paced across ``window_ms``: ``Evacuate`` frames, then - once the supervisor answers
+    ``Evacuated(ok=True)`` - ``server_shutdown`` and 1012 to that unit's clients, who
+    come back after ``reconnect_after_ms``. Until its unit's turn a connection is served
+    as usual. ``Evacuated(ok=False)`` aborts: the shard keeps serving everything it holds.
     """
 
     reason: str
@@ -111,23 +121,45 @@ class Drain(_Control, tag="drain", kw_only=True):
 
 
 class Evacuate(_Control, tag="evacuate", kw_only=True):
-    """Draining shard -> supervisor: a room (with the app's exported state) or a batch of
-    lobby sessions, to be adopted by a sibling."""
+    """Draining shard -> supervisor: part of one unit (a room with the app's exported
+    state in its first part, or a slice of lobby sessions) for the replacement to adopt.
+    ``final`` marks the unit's last part."""
 
     shard: int
+    unit: int
     room: str | None
     app_state: bytes | None
-    sessions: list[SessionSnapshot]
+    batch: SnapshotBatch
     applied_bseq: int
+    final: bool = True
 
 
 class Adopt(_Control, tag="adopt", kw_only=True):
-    """Supervisor -> sibling: take over these sessions (and room) from a draining shard."""
+    """Supervisor -> replacement: take over these sessions (and room). After the ``final``
+    part the replacement answers ``Adopted``."""
 
+    unit: int
     room: str | None
     app_state: bytes | None
-    sessions: list[SessionSnapshot]
+    batch: SnapshotBatch
     applied_bseq: int
+    final: bool = True
+
+
+class Adopted(_Control, tag="adopted", kw_only=True):
+    """Replacement -> supervisor: it holds every session of ``unit`` now."""
+
+    shard: int
+    unit: int
+
+
+class Evacuated(_Control, tag="evacuated", kw_only=True):
+    """Supervisor -> draining shard: ``unit`` is held by the replacement (``ok``): tell
+    its clients to come back; or the hand-off failed (not ``ok``): stop draining and keep
+    serving everything still held."""
+
+    unit: int
+    ok: bool
 
 
 class Checkpoint(_Control, tag="checkpoint", kw_only=True):
@@ -135,7 +167,7 @@ class Checkpoint(_Control, tag="checkpoint", kw_only=True):
     (their replay buffer cut to the newest messages). A shard that dies leaves these."""
 
     shard: int
-    sessions: list[SessionSnapshot]
+    batch: SnapshotBatch
 
 
 class SessionResumed(_Control, tag="session_resumed", kw_only=True):
@@ -218,6 +250,8 @@ ControlMessage = (
     | RoomReleased
     | Evacuate
     | Adopt
+    | Adopted
+    | Evacuated
     | SessionResumed
     | Checkpoint
 )
@@ -227,33 +261,47 @@ _decoder = msgspec.msgpack.Decoder(ControlMessage)
 
 
 class ControlFrameError(Exception):
-    """The peer sent something that is not a control frame; the channel is unusable."""
+    """A frame that was skipped: over ``MAX_FRAME``, or not a control message."""
 
 
 def encode_frame(message: ControlMessage) -> bytes:
     payload = _encoder.encode(message)
+    if len(payload) > MAX_FRAME:
+        raise ControlFrameError(f"control frame of {len(payload)} bytes exceeds {MAX_FRAME}")
     return _LEN.pack(len(payload)) + payload
 
 
 class FrameReader:
-    """Reassembles control frames from a byte stream."""
+    """Reassembles control frames from a byte stream. A frame that is too big or does not
+    decode is skipped (its bytes discarded as they arrive, never buffered) and described in
+    ``skipped`` for the caller to log; the frames around it are read as usual."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._discard = 0  # bytes of an oversized frame still to throw away
+        self.skipped: list[str] = []
 
     def feed(self, data: bytes) -> list[ControlMessage]:
+        if self._discard:
+            n = min(self._discard, len(data))
+            self._discard -= n
+            data = data[n:]
         self._buf += data
         out: list[ControlMessage] = []
         while len(self._buf) >= 4:
             (size,) = _LEN.unpack_from(self._buf)
             if size > MAX_FRAME:
-                raise ControlFrameError(f"control frame of {size} bytes exceeds {MAX_FRAME}")
+                self.skipped.append(f"control frame of {size} bytes exceeds {MAX_FRAME}")
+                n = min(size, len(self._buf) - 4)
+                del self._buf[: 4 + n]
+                self._discard = size - n
+                continue
             if len(self._buf) < 4 + size:
                 break
             payload = bytes(self._buf[4 : 4 + size])
             del self._buf[: 4 + size]
             try:
                 out.append(_decoder.decode(payload))
-            except msgspec.DecodeError as exc:
-                raise ControlFrameError(str(exc)) from None
+            except (msgspec.DecodeError, RecursionError) as exc:  # deep nesting recurses
+                self.skipped.append(f"undecodable control frame: {str(exc)[:120]}")
         return out
