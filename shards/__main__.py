@@ -1,8 +1,10 @@
 """Entry point of a shard process, started by the supervisor (not by users):
 
-    python -m shards --config JSON --listen-fd N [--control-fd M]
+    python -m shards --config JSON --listen-fd N [--control-fd M] [--secret-fd K] ...
 
-The listening socket and the control socketpair end are inherited file descriptors.
+The listening socket, the control socketpair end and the resume-token key (a sealed memfd
+the supervisor filled once) are inherited file descriptors: a shard never opens the key
+file, so every shard of one supervisor, replacements included, signs with the same key.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import msgspec
 import trio
 
 from core.config import ShardConfig
+from core.tokens import read_shared_secret
 from shards.app import load_app
 from shards.load_table import LoadTable
 from shards.log import log
@@ -44,8 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-fd", type=int, default=None)
     parser.add_argument("--handoff-fd", type=int, default=None)
     parser.add_argument("--load-fd", type=int, default=None)
+    parser.add_argument(
+        "--secret-fd",
+        type=int,
+        default=None,
+        help="inherited fd holding the resume-token key (without it: --secret-file)",
+    )
     args = parser.parse_args(argv)
     config = msgspec.json.decode(args.config, type=ShardConfig)
+    secret = read_shared_secret(args.secret_fd) if args.secret_fd is not None else None
     listen_sock = socket.socket(fileno=args.listen_fd)
     control_sock = socket.socket(fileno=args.control_fd) if args.control_fd is not None else None
     try:
@@ -59,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     handoff_sock = socket.socket(fileno=args.handoff_fd) if args.handoff_fd is not None else None
     load_table = LoadTable(args.load_fd, config.server.shards) if args.load_fd is not None else None
-    shard = Shard(config, listen_sock, control_sock, app, handoff_sock, load_table)
+    shard = Shard(config, listen_sock, control_sock, app, handoff_sock, load_table, secret=secret)
     tune_gc(config.server.gc_tuning)
     trio.run(shard.run)
     return 0

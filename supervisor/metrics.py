@@ -6,7 +6,16 @@ Every shard reports totals since it started in its ``Load`` frame each second
 *retired* total, so a counter labelled ``shard="3"`` keeps growing across respawns and
 rolling restarts and never goes backwards (what a shard counted after its last report,
 at most a second's worth, is lost with a crash). The supervisor also counts a few of its
-own events (rolling restarts, shard exits).
+own events (rolling restarts, shard exits, refused and expired room placements, broadcast
+gaps).
+
+Label values are bounded: a disconnect's ``code`` outside the documented close codes
+(1000-1015 and the project's own 4000-4003; see docs/PROTOCOL.md) is exported as
+``other_app``, so clients choosing codes 3000-4999 cannot create thousands of series.
+The bucketing happens here, where labels are built, for /metrics and /status alike.
+
+The server binds ``--metrics-host`` (default 127.0.0.1), not ``--host``: it has no
+authentication.
 
 The HTTP side is a tiny HTTP/1.1 responder on ``trio.serve_tcp``: one request per
 connection (request line and headers at most ``MAX_REQUEST`` bytes, within
@@ -33,6 +42,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from core.close_codes import CloseCode, DisconnectKind
 from core.control import GC_PAUSE_BOUNDS, Load
 from shards import log as shard_log
 from shards import static
@@ -44,6 +54,16 @@ if TYPE_CHECKING:
 MAX_REQUEST = 8192  # bytes of request line + headers
 REQUEST_TIMEOUT = 5.0  # seconds to send the request, and again to take the answer
 LATE_REPORTS = 5.0  # seconds an exited shard's last frames may still be read after its exit
+# Close codes exported as themselves: RFC 6455's 1000-1015 and the project's own
+# application codes (4000 session replaced, 4001 client "coming back", 4002 redirect,
+# 4003 "missed broadcasts: resume").
+DOCUMENTED_CLOSE_CODES = frozenset(
+    {str(c) for c in range(1000, 1016)}
+    | {str(int(c)) for c in CloseCode}
+    | {"4001", "4002", "4003"}
+)
+OTHER_CODE = "other_app"
+_KINDS = frozenset(str(k) for k in DisconnectKind)
 
 # Load.counters key prefix -> (metric name, help, label names after "shard")
 COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -73,8 +93,8 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "messages_out": ("ws_messages_out", "Data frames queued to clients.", ()),
     "rejected": (
         "ws_rejected",
-        "Rejected requests and connections by reason: http_STATUS (bad request line, "
-        "unknown path), handshake_failed, bad_message.",
+        "Rejected requests and connections by reason (bad request line, unknown path, "
+        "over capacity, handshake timeout, bad bytes...).",
         ("reason",),
     ),
     "drain": ("ws_drains", "Shard drains finished (shutdown, rolling restart).", ()),
@@ -84,6 +104,32 @@ COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         (),
     ),
     "app_error": ("ws_app_errors", "App callbacks that raised.", ()),
+    "connection_error": (
+        "ws_connection_errors",
+        "Bugs caught in one connection's handling (it was closed 1011).",
+        (),
+    ),
+    "bad_message": (
+        "ws_bad_messages",
+        "Client messages answered with an error message, by code.",
+        ("code",),
+    ),
+    "broadcast_rejected": (
+        "ws_broadcasts_rejected",
+        "Broadcasts refused by the shard's broadcast budget.",
+        (),
+    ),
+    "away_evicted": (
+        "ws_away_evicted",
+        "Away sessions ended early by a cap, by cap (shard_cap, address_cap).",
+        ("why",),
+    ),
+    "broadcast_gap": (
+        "ws_broadcast_gaps",
+        "Broadcasts a shard reports it never received (the supervisor's log no longer held "
+        "them when the shard caught up).",
+        (),
+    ),
 }
 # the supervisor's own events: key -> (metric name, help, label names)
 SUPERVISOR_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -97,7 +143,45 @@ SUPERVISOR_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Shard processes that exited on their own (crash, kill) and were respawned.",
         ("shard",),
     ),
+    "room_refused": (
+        "ws_room_refusals",
+        "New rooms refused with HTTP 503 + Retry-After: 1, by reason: pending_cap (the "
+        "address has --max-pending-rooms-per-address rooms placed and not yet hosted), "
+        "rate (over --room-placement-rate / --room-placement-burst).",
+        ("reason",),
+    ),
+    "room_placement_expired": (
+        "ws_room_placements_expired",
+        "Room placements released because the owner did not host the room within the "
+        "placement timeout (the client left before its handshake).",
+        (),
+    ),
+    "broadcast_gap_sent": (
+        "ws_broadcast_gap_frames",
+        "BroadcastGap frames sent to a shard that fell further behind than the broadcast "
+        "log (--broadcast-log-bytes) reaches.",
+        ("shard",),
+    ),
+    "broadcast_lost": (
+        "ws_broadcasts_lost",
+        "Broadcasts a shard never got because the broadcast log no longer held them.",
+        ("shard",),
+    ),
 }
+
+
+def bounded_key(key: str) -> str:
+    """``key`` with client-chosen label values bucketed: a ``disconnect|KIND|CODE`` whose
+    code is not a documented one becomes ``disconnect|KIND|other_app``."""
+    if not key.startswith("disconnect|"):
+        return key
+    parts = key.split("|")
+    if len(parts) != 3:
+        return key
+    kind, code = parts[1], parts[2]
+    if code in DOCUMENTED_CLOSE_CODES and kind in _KINDS:
+        return key
+    return f"disconnect|{kind if kind in _KINDS else 'other'}|{OTHER_CODE}"
 
 
 class _SlotTotals:
@@ -110,6 +194,7 @@ class _SlotTotals:
 
     def add(self, load: Load) -> None:
         for key, value in load.counters.items():
+            key = bounded_key(key)
             self.counters[key] = self.counters.get(key, 0) + value
         if any(len(b) != len(GC_PAUSE_BOUNDS) + 1 for b in load.gc_pause_buckets):
             return  # other bucket bounds (a shard of other code): not comparable
@@ -158,6 +243,15 @@ class Metrics:
 
     def _count(self, key: str) -> None:
         self.events[key] = self.events.get(key, 0) + 1
+
+    def count(self, key: str, amount: float = 1) -> None:
+        """Count one of the supervisor's own events (a key of ``SUPERVISOR_COUNTERS``)."""
+        self.events[key] = self.events.get(key, 0) + amount
+
+    def count_gap(self, shard: int, first: int, last: int) -> None:
+        """A BroadcastGap was sent to slot ``shard``: broadcasts ``first``..``last`` lost."""
+        self.count(f"broadcast_gap_sent|{shard}")
+        self.count(f"broadcast_lost|{shard}", last - first + 1)
 
     def _fold(self) -> None:
         now = trio.current_time()
@@ -280,20 +374,21 @@ class ShardCollector(Collector):
 async def serve(
     supervisor: Supervisor, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve ``/metrics`` and ``/status`` on ``--host:--metrics-port`` until cancelled."""
+    """Serve ``/metrics`` and ``/status`` on ``--metrics-host:--metrics-port`` until
+    cancelled (not on ``--host``: these endpoints have no authentication)."""
     config = supervisor.config
     assert config.metrics_port is not None
-    listeners = await trio.open_tcp_listeners(config.metrics_port, host=config.host)
+    listeners = await trio.open_tcp_listeners(config.metrics_port, host=config.metrics_host)
     if config.metrics_port == 0:
         for extra in listeners[1:]:  # each family would get its own random port
             await extra.aclose()
         listeners = listeners[:1]
-    port = listeners[0].socket.getsockname()[1]
+    bound_host, port = listeners[0].socket.getsockname()[:2]
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ShardCollector(supervisor))
     shard_log.listeners.append(supervisor.metrics.on_log)
     try:
-        log("metrics_ready", host=config.host, port=port)
+        log("metrics_ready", host=bound_host, port=port, listeners=len(listeners))
         task_status.started(port)
 
         async def handler(stream: trio.SocketStream) -> None:

@@ -16,10 +16,13 @@ import core.tokens
 from core.tokens import (
     SECRET_BYTES,
     TOKEN_TTL,
+    SecretFileError,
     TokenClaims,
     TokenError,
     TokenSigner,
     load_or_create_secret,
+    read_shared_secret,
+    share_secret,
 )
 
 SECRET = b"s" * 32
@@ -226,25 +229,86 @@ def test_different_files_get_different_secrets(tmp_path: Path) -> None:
     assert load_or_create_secret(tmp_path / "a") != load_or_create_secret(tmp_path / "b")
 
 
+def write_private(path: Path, content: bytes) -> Path:
+    """A key file as an operator would make it: 0600."""
+    path.write_bytes(content)
+    path.chmod(0o600)
+    return path
+
+
 @pytest.mark.parametrize("content", [b"", b"\n", b"abcd", b"00" * 15, b"short secret"])
 def test_a_file_with_a_short_secret_raises(tmp_path: Path, content: bytes) -> None:
-    path = tmp_path / "secret"
-    path.write_bytes(content)
+    path = write_private(tmp_path / "secret", content)
     with pytest.raises(ValueError):
         load_or_create_secret(path)
     assert path.read_bytes() == content  # never replaced
 
 
 def test_a_hex_secret_file_written_by_hand_is_read(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_text("ab" * 16 + "\n")
+    path = write_private(tmp_path / "secret", b"ab" * 16 + b"\n")
     assert load_or_create_secret(path) == b"\xab" * 16
 
 
 def test_a_raw_secret_file_is_used_as_is(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
-    path.write_bytes(b"not hex but long enough")
+    path = write_private(tmp_path / "secret", b"not hex but long enough")
     assert load_or_create_secret(path) == b"not hex but long enough"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644, 0o666, 0o610])
+def test_a_key_file_open_to_group_or_others_is_refused_with_the_fix(
+    tmp_path: Path, mode: int
+) -> None:
+    path = write_private(tmp_path / "secret", b"ab" * 16)
+    path.chmod(mode)
+    with pytest.raises(SecretFileError) as info:
+        load_or_create_secret(path)
+    assert f"mode {mode:04o}" in info.value.problem
+    assert info.value.fix.startswith(f"chmod 600 {path}")
+    assert str(path) in str(info.value)
+
+
+def test_a_symlinked_key_file_is_refused_even_to_a_private_target(tmp_path: Path) -> None:
+    target = write_private(tmp_path / "real", b"ab" * 16)
+    link = tmp_path / "secret"
+    link.symlink_to(target)
+    with pytest.raises(SecretFileError, match="symbolic link"):
+        load_or_create_secret(link)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(SecretFileError, match="symbolic link"):
+        load_or_create_secret(dangling)  # O_EXCL does not create through it either
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_key_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir(mode=0o700)
+    with pytest.raises(SecretFileError, match="not a regular file"):
+        load_or_create_secret(tmp_path / "dir")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(SecretFileError, match="not a regular file"):
+        load_or_create_secret(fifo)  # and the open did not block
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_key_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = write_private(tmp_path / "secret", b"ab" * 16)
+    os.chown(path, 65534, 65534)  # nobody
+    with pytest.raises(SecretFileError, match="owned by uid 65534"):
+        load_or_create_secret(path)
+
+
+def test_a_shared_secret_fd_is_sealed_and_read_back_by_an_heir() -> None:
+    fd = share_secret(b"k" * 32)
+    try:
+        with pytest.raises(PermissionError):
+            os.write(fd, b"x")  # sealed: nobody can change the key behind the shards
+        os.lseek(fd, 7, os.SEEK_SET)  # a moved shared offset does not matter (pread)
+        assert read_shared_secret(os.dup(fd)) == b"k" * 32
+        assert read_shared_secret(os.dup(fd)) == b"k" * 32
+        assert os.get_inheritable(fd) is False  # only pass_fds hands it to a child
+    finally:
+        os.close(fd)
 
 
 def test_a_token_has_exactly_one_accepted_spelling() -> None:

@@ -16,7 +16,9 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.control import Load
 from shards.stats import ShardStats
+from supervisor import metrics
 from tests.support import ServerProcess, open_server, resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(60)
@@ -161,7 +163,7 @@ async def test_connections_disconnects_resumes_messages_and_endpoints() -> None:
         assert status == 404
         samples = await poll(
             port,
-            lambda s: total(s, "ws_rejected_total", reason="http_404") >= 1,
+            lambda s: total(s, "ws_rejected_total", reason="not_found") >= 1,
             what="the rejected request",
         )
         for shard in (0, 1):  # a GC pause histogram per shard and generation
@@ -267,7 +269,7 @@ def test_shard_stats_counts_events_and_times_gc_pauses_by_generation() -> None:
     stats("disconnect", {"kind": "heartbeat_timeout", "code": 1006})
     stats("resume_failed", {"error": "expired"})
     stats("resume", {"session": "s", "replayed": 4})
-    stats("request_rejected", {"status": 414})
+    stats("rejected", {"status": 414, "reason": "uri_too_long"})
     stats("drain_done", {"duration_s": 0.25})
     stats("unrelated", {"kind": "x"})
     assert stats.counters == {
@@ -276,7 +278,7 @@ def test_shard_stats_counts_events_and_times_gc_pauses_by_generation() -> None:
         "resume|expired": 1,
         "resume|ok": 1,
         "replayed": 4,
-        "rejected|http_414": 1,
+        "rejected|uri_too_long": 1,
         "drain": 1,
         "drain_seconds": 0.25,
     }
@@ -291,3 +293,36 @@ def test_shard_stats_counts_events_and_times_gc_pauses_by_generation() -> None:
     assert report["gc_pause_buckets"] == stats.gc_buckets
     assert report["gc_pause_buckets"] is not stats.gc_buckets  # a copy: encoded later
     assert {"messages_in", "messages_out"} <= report["counters"].keys()
+
+
+@pytest.mark.parametrize(
+    ("key", "bounded"),
+    [
+        ("disconnect|graceful|1000", "disconnect|graceful|1000"),
+        ("disconnect|abnormal|1006", "disconnect|abnormal|1006"),
+        ("disconnect|abnormal|1015", "disconnect|abnormal|1015"),
+        ("disconnect|application|4000", "disconnect|application|4000"),
+        ("disconnect|application|4001", "disconnect|application|4001"),
+        ("disconnect|application|4002", "disconnect|application|4002"),
+        ("disconnect|policy|1016", "disconnect|policy|other_app"),
+        ("disconnect|policy|3000", "disconnect|policy|other_app"),
+        ("disconnect|application|4003", "disconnect|application|4003"),
+        ("disconnect|application|4004", "disconnect|application|other_app"),
+        ("disconnect|application|4999", "disconnect|application|other_app"),
+        ("disconnect|made_up|1000", "disconnect|other|other_app"),
+        ("resume|ok", "resume|ok"),
+        ("rejected|not_found", "rejected|not_found"),
+    ],
+)
+def test_client_chosen_close_codes_are_bucketed_into_one_label(key: str, bounded: str) -> None:
+    assert metrics.bounded_key(key) == bounded
+
+
+def test_retired_and_live_totals_sum_bucketed_codes() -> None:
+    totals = metrics._SlotTotals()
+    counters = {f"disconnect|policy|{code}": 1.0 for code in range(3000, 3100)}
+    totals.add(Load(shard=0, connections=0, sessions=0, rooms=0, counters=counters))
+    merged = totals.merged(
+        [Load(shard=0, connections=0, sessions=0, rooms=0, counters={"disconnect|policy|3050": 2})]
+    )
+    assert merged.counters == {"disconnect|policy|other_app": 102}
