@@ -1,28 +1,38 @@
 """Echo throughput and round-trip latency against peer servers: ``python -m bench echo``.
 
-Each *measurement* is a closed loop at C concurrent connections (default 1 and 100): every
-connection sends one masked text frame (a ~40-byte JSON ``{"type":"echo","data":...}``),
-waits for the reply frame, records the round trip, and sends the next. It stops at
-``--count`` messages or ``--seconds`` (whichever comes first). Reported: replies per second
-(all replies / the slowest client process's wall time) and round-trip p50/p99/p99.9.
+Each *measurement* is a closed loop at C concurrent connections (default 1, 100 and 1000):
+every connection sends one masked text frame (a ~40-byte JSON ``{"type":"echo","data":...}``),
+waits for the reply frame, records the round trip, and sends the next. After ``--warmup``
+seconds of that (not counted) it stops at ``--count`` messages or ``--seconds`` (whichever
+comes first; the requests in flight then drain). Reported: replies per second (all replies
+/ the slowest client process's time) and round-trip p50/p99/p99.9 from the clients' merged
+histograms. Each measurement runs ``--repeat`` times (default 3); the table shows the run
+with the median msgs/s and the spread of the runs, the JSON every run.
 
 Servers (each on a free port of 127.0.0.1, started and killed by pid in a ``finally``):
 
 * ``ours echo 1sh``  ``python -m supervisor --app echo --shards 1`` (raw frame echo);
 * ``ours echo 2sh``  the same with ``--shards 2`` (not pinned: both cores);
 * ``ours demo 1sh``  the default app: welcome, then ``{"type":"echo",...,"seq":n}``;
-* ``websockets``     python-websockets (asyncio) echo, ``bench/peers/websockets_echo.py``;
+* ``websockets``     python-websockets (asyncio) raw echo, ``bench/peers/websockets_echo.py``;
 * ``aiohttp``        aiohttp echo, ``bench/peers/aiohttp_echo.py`` (skipped if missing);
 * ``picows``         picows + uvloop echo, ``bench/peers/picows_echo.py`` (skipped if missing).
+
+A line under the table gives the default app's msgs/s over python-websockets' raw echo at
+each connection count (``ours demo 1sh`` / ``websockets``).
 
 Our servers run with the per-client message rate limit lifted (``--max-message-rate``),
 otherwise a closed loop is closed 1008 after the burst. On a machine with >= 2 CPUs and
 ``taskset``, every single-process server (and our 1-shard supervisor with its shard) is
 pinned to CPU 0 and the load generator to the other CPUs; the 2-shard run is not pinned.
 
-The load generator is ``--client-procs`` separate processes of this module
-(``python -m bench.echo client ...``: raw sockets, a hand-rolled frame codec, epoll), never
-the server's process. Its CPU use is reported so a client-bound row can be spotted.
+The load generator is native: ``bench/loadgen/echo_client.c`` (raw sockets, epoll, its own
+frame parser, a log-linear round-trip histogram), compiled on first use with the machine's
+C compiler into ``bench/results/.build/`` and run as ``--client-procs`` processes (default
+1), never in the server's process; they sleep in ``epoll_wait`` between replies unless
+``--client-spin-us`` says otherwise. Each row shows the client's busy CPU (>= 0.9 means the
+row is client-bound), the server's CPU, and notes other processes' or the hypervisor's CPU
+use meanwhile: the figures are only as good as the machine is quiet.
 
 Output: a table (with each row's ratio to the best peer at the same connection count), a
 JSON file ``bench/results/echo-<timestamp>.json`` and, with matplotlib, a PNG next to it.
@@ -43,12 +53,12 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import resource
-import select
 import shutil
 import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,125 +69,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._load import (
-    OP_BINARY,
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    FrameParser,
-    Server,
-    client_frame,
-    open_ws,
-    parse_ws_url,
-    percentile,
-)
+from bench._load import CLK_TCK, Server, cpu_seconds, parse_ws_url
 from bench._report import Report
+from bench.loadgen import NativeBuildError, echo_client
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 NO_RATE_LIMIT = ["--max-message-rate", "1e9", "--message-burst", "1e9"]
-
-
-# ====================================================================== client process
-class _Conn:
-    __slots__ = ("sock", "parser", "t0", "done")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.parser = FrameParser()
-        self.t0 = 0.0
-        self.done = False
-
-
-def _open(host: str, port: int, path: str, welcome: bool) -> _Conn:
-    sock, parser, _ = open_ws(host, port, path, welcome=welcome, timeout=10.0)
-    conn = _Conn(sock)
-    conn.parser = parser
-    return conn
-
-
-def run_client(a: argparse.Namespace) -> None:
-    """Connect ``--conns``, print ``ready``, wait for a line on stdin, run, print JSON."""
-    conns = [_open(a.host, a.port, a.path, a.welcome) for _ in range(a.conns)]
-    payload = json.dumps({"type": "echo", "data": "x" * a.payload}, separators=(",", ":"))
-    frame = client_frame(OP_TEXT, payload.encode())
-    by_fd = {c.sock.fileno(): c for c in conns}
-    ep = select.epoll()
-    for fd in by_fd:
-        ep.register(fd, select.EPOLLIN)
-    print("ready", flush=True)
-    sys.stdin.readline()
-
-    rtts: list[float] = []
-    errors: dict[str, int] = {}
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    perf = time.perf_counter
-    start = perf()
-    deadline = start + a.seconds
-    sent = 0
-    active = len(conns)
-    for c in conns:
-        c.t0 = perf()
-        c.sock.sendall(frame)
-        sent += 1
-    hard_stop = deadline + 10.0
-    while active:
-        events = ep.poll(1.0)
-        if perf() > hard_stop:
-            errors["stuck"] = active
-            break
-        for fd, _ in events:
-            c = by_fd[fd]
-            if c.done:
-                continue
-            try:
-                data = c.sock.recv(65536)
-            except OSError as exc:
-                data = b""
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-            if not data:
-                errors["closed"] = errors.get("closed", 0) + 1
-                c.done = True
-                active -= 1
-                ep.unregister(fd)
-                continue
-            for op, body in c.parser.feed(data):
-                if op == OP_PING:
-                    c.sock.sendall(client_frame(OP_PONG, body))
-                    continue
-                if op == OP_CLOSE:
-                    errors["close_frame"] = errors.get("close_frame", 0) + 1
-                    c.done = True
-                    active -= 1
-                    break
-                if op not in (OP_TEXT, OP_BINARY):
-                    continue
-                now = perf()
-                rtts.append(now - c.t0)
-                if sent >= a.count or now >= deadline:
-                    c.done = True
-                    active -= 1
-                    break
-                c.t0 = now
-                c.sock.sendall(frame)
-                sent += 1
-    elapsed = perf() - start
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
-    for c in conns:
-        with contextlib.suppress(OSError):
-            c.sock.sendall(client_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
-            c.sock.close()
-    out = {
-        "received": len(rtts),
-        "elapsed_s": elapsed,
-        "cpu_s": cpu,
-        "errors": errors,
-        "rtt_us": [round(r * 1e6, 1) for r in rtts],
-    }
-    sys.stdout.write(json.dumps(out) + "\n")
-    sys.stdout.flush()
 
 
 # ====================================================================== servers
@@ -253,6 +151,58 @@ def targets(only: list[str] | None) -> list[Target]:
 
 
 # ====================================================================== one measurement
+PER_SOURCE = 20_000  # connections per loopback source address (ephemeral ports: ~28k)
+
+
+def write_payload(directory: Path, size: int) -> Path:
+    """The request every connection sends: ``{"type":"echo","data":"xxx..."}``."""
+    path = directory / "payload.json"
+    data = {"type": "echo", "data": "x" * size}
+    path.write_text(json.dumps(data, separators=(",", ":")), encoding="ascii")
+    return path
+
+
+def merge_hists(results: list[dict[str, Any]]) -> dict[float, int]:
+    """The clients' round-trip histograms added up: {bucket's highest value in us: count}."""
+    merged: dict[float, int] = {}
+    for res in results:
+        for upper, n in res["rtt_us_hist"]["buckets"]:
+            merged[upper] = merged.get(upper, 0) + n
+    return dict(sorted(merged.items()))
+
+
+def hist_percentile(hist: dict[float, int], q: float, cap: float = math.inf) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of a merged histogram, in us: the highest
+    value of the bucket holding that rank (within 0.8 %), at most ``cap`` (the max)."""
+    total = sum(hist.values())
+    if not total:
+        return float("nan")
+    rank = max(1, math.ceil(total * q / 100))
+    seen = 0
+    for upper, n in hist.items():
+        seen += n
+        if seen >= rank:
+            return min(upper, cap)
+    return min(max(hist), cap)
+
+
+def _sources(host: str, conns: int) -> list[str]:
+    """Loopback source addresses for ``conns`` connections from one process, if it needs more
+    than one (each address has ~28k ephemeral ports towards one server port)."""
+    if conns <= PER_SOURCE or not host.startswith("127."):
+        return []
+    return [f"127.0.0.{i + 1}" for i in range(math.ceil(conns / PER_SOURCE))]
+
+
+def machine_cpu_s() -> tuple[float, float, float]:
+    """CPU seconds all CPUs spent since boot (/proc/stat) in tasks (user, nice, system), in
+    interrupts (irq, softirq: on loopback mostly the TCP work of both ends, charged to no
+    process) and stolen by the hypervisor."""
+    with open("/proc/stat", encoding="ascii") as f:
+        v = [int(x) / CLK_TCK for x in f.readline().split()[1:9]]
+    return v[0] + v[1] + v[2], v[5] + v[6], v[7]
+
+
 def measure(
     port: int,
     t: Target,
@@ -261,36 +211,27 @@ def measure(
     pin_clients: bool,
     host: str = "127.0.0.1",
     path: str = "/",
+    server_pids: list[int] | None = None,
+    on_go: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
+    """One closed-loop run of ``conns`` connections from ``--client-procs`` C clients;
+    ``on_go`` is called once they are all connected, just before they start."""
     procs = max(1, min(a.client_procs, conns))
     per = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
     children: list[subprocess.Popen[str]] = []
+    server_pids = server_pids or []
     try:
         for n in per:
-            cmd = [
-                sys.executable,
-                "-m",
-                "bench.echo",
-                "client",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--path",
-                path,
-                "--conns",
-                str(n),
-                "--count",
-                str(max(1, a.count * n // conns)),
-                "--seconds",
-                str(a.seconds),
-                "--payload",
-                str(a.payload),
-            ]
+            cmd = [str(a.client_binary), "--host", host, "--port", str(port), "--path", path]
+            cmd += ["--conns", str(n), "--count", str(max(1, a.count * n // conns))]
+            cmd += ["--seconds", str(a.seconds), "--warmup", str(a.warmup)]
+            cmd += ["--payload-file", str(a.payload_file)]
             if t.welcome:
                 cmd.append("--welcome")
-            if pin_clients:
-                cmd = ["taskset", "-c", _client_cpus(), *cmd]
+            if sources := _sources(host, n):
+                cmd += ["--source-addrs", ",".join(sources)]
+            if pin_clients:  # a core of their own: may poll without sleeping (--client-spin-us)
+                cmd = ["taskset", "-c", _client_cpus(), *cmd, "--spin-us", str(a.client_spin_us)]
             children.append(
                 subprocess.Popen(
                     cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -301,41 +242,103 @@ def measure(
             line = child.stdout.readline()
             if line.strip() != "ready":
                 raise RuntimeError(f"client did not connect (exit {child.wait()})")
+        if on_go is not None:
+            on_go()
+        server0 = sum(cpu_seconds(pid) for pid in server_pids)
+        machine0, wall0 = machine_cpu_s(), time.monotonic()
         for child in children:  # go: all together
             assert child.stdin is not None
             child.stdin.write("go\n")
             child.stdin.flush()
         results = []
         for child in children:
-            out, _ = child.communicate(timeout=a.seconds + 30)
+            out, _ = child.communicate(timeout=a.warmup + a.seconds + 30)
             results.append(json.loads(out.strip().splitlines()[-1]))
+        server_s = sum(cpu_seconds(pid) for pid in server_pids) - server0
+        wall = time.monotonic() - wall0
+        tasks_s, irq_s, steal_s = (y - x for x, y in zip(machine0, machine_cpu_s(), strict=True))
     finally:
         for child in children:
             if child.poll() is None:
                 os.kill(child.pid, signal.SIGKILL)
                 child.wait()
-    rtts = sorted(r for res in results for r in res["rtt_us"])
+    hist = merge_hists(results)
+    received = sum(res["received"] for res in results)
     elapsed = max(res["elapsed_s"] for res in results)
     errors: dict[str, int] = {}
     for res in results:
         for k, v in res["errors"].items():
             errors[k] = errors.get(k, 0) + v
+    opened = sum(res["opened"] for res in results)
+    if opened < conns:
+        errors["not_opened"] = conns - opened
+    cores = min(procs, (os.cpu_count() or 2) - 1) if pin_clients else procs
+    top = max(res["max_us"] for res in results)
+    client_cpu_s = sum(res["cpu_s"] for res in results)
+    return {
+        "messages": received,
+        "elapsed_s": round(elapsed, 3),
+        "msgs_per_s": round(received / elapsed, 1) if elapsed > 0 else 0.0,
+        **{
+            f"{name}_ms": round(hist_percentile(hist, q, top) / 1000, 3)
+            for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("p999", 99.9))
+        },
+        "max_ms": round(top / 1000, 3),
+        "mean_ms": round(
+            sum(res["mean_us"] * res["received"] for res in results) / max(1, received) / 1000, 3
+        ),
+        # the load generator's busy CPU (polls that found nothing left out) as a share of
+        # the client cores it had: near 1.0 = client-bound
+        "client_cpu": round(sum(res["busy_s"] for res in results) / (elapsed * cores), 2)
+        if elapsed > 0
+        else 0.0,
+        "client_cpu_s": round(client_cpu_s, 3),
+        # the server's processes, in cores (ours: supervisor + shards); None for --url
+        "server_cpu": round(server_s / wall, 2) if server_pids else None,
+        # other processes on the machine meanwhile, in cores: the machine is not ours alone
+        "other_cpu": round(max(0.0, tasks_s - server_s - client_cpu_s) / wall, 2)
+        if server_pids
+        else None,
+        "irq_cpu": round(irq_s / wall, 2),  # interrupts, in cores (loopback TCP)
+        "steal_cpu": round(steal_s / wall, 2),  # taken by the hypervisor, in cores
+        "errors": errors,
+        "rtt_us_hist": {f"{upper:.3f}": n for upper, n in hist.items()},
+    }
+
+
+def measure_repeated(
+    port: int,
+    t: Target,
+    conns: int,
+    a: argparse.Namespace,
+    pin_clients: bool,
+    server_pids: list[int],
+    host: str = "127.0.0.1",
+    path: str = "/",
+) -> dict[str, Any]:
+    """``--repeat`` runs; the row is the run with the median msgs/s (its latencies too),
+    with every run's figures under ``runs`` and the errors of all of them."""
+    runs = [
+        measure(port, t, conns, a, pin_clients, host, path, server_pids) for _ in range(a.repeat)
+    ]
+    ranked = sorted(runs, key=lambda r: r["msgs_per_s"])
+    median = ranked[(len(ranked) - 1) // 2]
+    rates = [r["msgs_per_s"] for r in runs]
+    errors: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
     return {
         "server": t.name,
         "connections": conns,
-        "messages": len(rtts),
-        "elapsed_s": round(elapsed, 3),
-        "msgs_per_s": round(len(rtts) / elapsed, 1) if elapsed > 0 else 0.0,
-        "p50_ms": round(percentile(rtts, 50) / 1000, 3),
-        "p99_ms": round(percentile(rtts, 99) / 1000, 3),
-        "p999_ms": round(percentile(rtts, 99.9) / 1000, 3),
-        # client CPU as a share of the client cores it had: near 1.0 = client-bound
-        "client_cpu": round(
-            sum(res["cpu_s"] for res in results)
-            / (elapsed * (min(procs, (os.cpu_count() or 2) - 1) if pin_clients else procs)),
-            2,
-        ),
+        **median,
         "errors": errors,
+        "runs_msgs_per_s": rates,
+        # (max - min) / median of the runs' msgs/s
+        "spread": round((max(rates) - min(rates)) / statistics.median(rates), 3)
+        if statistics.median(rates) > 0
+        else None,
+        "runs": [{k: v for k, v in r.items() if k != "rtt_us_hist"} for r in runs],
     }
 
 
@@ -352,13 +355,14 @@ def run_target(t: Target, a: argparse.Namespace) -> list[dict[str, Any]]:
     if t.kind == "url":  # a running server: nothing to start or pin
         host, port, path = parse_ws_url(t.args[0])
         for c in a.connections:
-            rows.append(measure(port, t, c, a, pin_clients=False, host=host, path=path))
+            rows.append(measure_repeated(port, t, c, a, False, [], host=host, path=path))
     elif t.kind == "ours":
         server = our_server(t)
         try:
             server.start()
+            pids = [server.pid, *server.shard_pids().values()]
             for c in a.connections:
-                rows.append(measure(server.port, t, c, a, pin_clients=t.pin))
+                rows.append(measure_repeated(server.port, t, c, a, t.pin, pids))
         finally:
             server.kill()
     else:
@@ -366,7 +370,7 @@ def run_target(t: Target, a: argparse.Namespace) -> list[dict[str, Any]]:
         try:
             peer.start()
             for c in a.connections:
-                rows.append(measure(peer.port, t, c, a, pin_clients=t.pin))
+                rows.append(measure_repeated(peer.port, t, c, a, t.pin, peer.pids))
         finally:
             peer.stop()
     return rows
@@ -431,24 +435,30 @@ def profile_ours(a: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     conns = max(a.connections)
     server = our_server(t)
     raw = out_dir / "echo-profile.txt"
-    spy_proc: subprocess.Popen[bytes] | None = None
+    spies: list[subprocess.Popen[bytes]] = []
     try:
         server.start()
         pid = server.shard_pids()[0]
-        spy_proc = subprocess.Popen(
-            [spy, "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(raw)]
-            + ["-d", str(int(a.seconds)), "--pid", str(pid)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        row = measure(server.port, t, conns, a, pin_clients=t.pin)
-        _, err = spy_proc.communicate(timeout=a.seconds + 30)
-        if spy_proc.returncode != 0 or not raw.exists():
+
+        def start_spy() -> None:  # once connected: the handshakes are not sampled
+            spies.append(
+                subprocess.Popen(
+                    [spy, "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(raw)]
+                    + ["-d", str(max(1, int(a.seconds))), "--pid", str(pid)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
+
+        row = measure(server.port, t, conns, a, t.pin, server_pids=[pid], on_go=start_spy)
+        _, err = spies[0].communicate(timeout=a.seconds + 30)
+        if spies[0].returncode != 0 or not raw.exists():
             return {"skipped": f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}"}
     finally:
-        if spy_proc is not None and spy_proc.poll() is None:
-            spy_proc.kill()
-            spy_proc.wait()
+        for spy_proc in spies:
+            if spy_proc.poll() is None:
+                spy_proc.kill()
+                spy_proc.wait()
         server.kill()
     collapsed = raw.read_text()
     return {
@@ -490,21 +500,47 @@ def add_ratios(rows: list[dict[str, Any]], peer_names: set[str]) -> None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'server':15} {'conns':>5} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'p99.9 ms':>9} {'vs best':>8} {'cli cpu':>7}"
+        f"{'server':15} {'conns':>5} {'msgs/s':>9} {'±':>5} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p99.9 ms':>9} {'vs best':>8} {'cli cpu':>7} {'srv cpu':>7}"
     )
     lines = [head]
     for r in sorted(rows, key=lambda r: (r["connections"], -r["msgs_per_s"])):
         ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None else "-"
+        spread = f"{r['spread'] * 100:.0f}%" if r.get("spread") is not None else "-"
+        srv = f"{r['server_cpu']:.2f}" if r.get("server_cpu") is not None else "-"
         err = f"  errors {r['errors']}" if r["errors"] else ""
         if r["client_cpu"] >= 0.9:
             err += "  (client-bound: msgs/s is a lower bound)"
+        if (r.get("other_cpu") or 0) >= 0.1:
+            err += f"  (other processes used {r['other_cpu']:.2f} cores meanwhile)"
+        if r.get("steal_cpu", 0) >= 0.1:
+            err += f"  (the hypervisor stole {r['steal_cpu']:.2f} cores meanwhile)"
         lines.append(
-            f"{r['server']:15} {r['connections']:>5} {r['msgs_per_s']:>9.0f} "
+            f"{r['server']:15} {r['connections']:>5} {r['msgs_per_s']:>9.0f} {spread:>5} "
             f"{r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['p999_ms']:>9.3f} {ratio:>8} "
-            f"{r['client_cpu']:>7.2f}{err}"
+            f"{r['client_cpu']:>7.2f} {srv:>7}{err}"
         )
     return "\n".join(lines)
+
+
+def demo_vs_websockets(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """msgs/s of the default app (``ours demo 1sh``: JSON decode, ``seq``, encode) over
+    python-websockets' raw echo (``websockets``), per connection count."""
+    by = {(r["server"], r["connections"]): r["msgs_per_s"] for r in rows}
+    out = {}
+    for c in sorted({r["connections"] for r in rows}):
+        demo, ws = by.get(("ours demo 1sh", c)), by.get(("websockets", c))
+        if demo is not None and ws:
+            out[c] = round(demo / ws, 2)
+    return out
+
+
+def legend(a: argparse.Namespace) -> str:
+    return (
+        f"msgs/s: the median of {a.repeat} runs (its latencies too); ±: (max - min) / median"
+        " of the runs' msgs/s. cli cpu: the load generator's busy share of its core(s), empty"
+        " polls left out (>= 0.9: client-bound); srv cpu: the server's processes, in cores."
+    )
 
 
 def chart(rows: list[dict[str, Any]], plt: Any) -> Any:
@@ -520,12 +556,35 @@ def chart(rows: list[dict[str, Any]], plt: Any) -> Any:
     return fig
 
 
+def raise_fd_limit(conns: int) -> str:
+    """Lift this process's soft RLIMIT_NOFILE to the hard cap if ``conns`` connections (at
+    both ends: the servers and clients started later inherit it) need more; "" or a warning."""
+    need = 2 * conns + 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < need:
+        return f"open files limit {soft} < {need}: connections may fail with EMFILE"
+    return ""
+
+
 def run_bench(a: argparse.Namespace) -> int:
+    try:
+        a.client_binary = echo_client()
+    except NativeBuildError as exc:
+        print(f"python -m bench echo: {exc}", file=sys.stderr)
+        return 2
     settings = {
         "connections": a.connections,
         "count": a.count,
         "seconds": a.seconds,
+        "warmup": a.warmup,
+        "repeat": a.repeat,
+        "client": "bench/loadgen/echo_client.c",
         "client_procs": a.client_procs,
+        "client_spin_us": a.client_spin_us,
         "payload": a.payload,
         "pinning": "server CPU 0 / clients CPU " + _client_cpus()
         if _can_pin() and not a.url
@@ -534,6 +593,10 @@ def run_bench(a: argparse.Namespace) -> int:
         "url": a.url,
     }
     run = Report("echo", settings, "Echo vs peers (python -m bench echo)")
+    if warning := raise_fd_limit(max(a.connections)):
+        print(f"warning: {warning}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-echo-"))
+    a.payload_file = write_payload(work, a.payload)
     if a.url:
         ts = [Target(f"url {'raw' if a.url_raw_echo else 'demo'}", "url", [a.url], pin=False)]
         ts[0].welcome = not a.url_raw_echo
@@ -567,17 +630,25 @@ def run_bench(a: argparse.Namespace) -> int:
             bar.advance(task)
         if a.profile:
             bar.update(task, description="profile (py-spy)")
-            profile = profile_ours(a, Path(tempfile.mkdtemp(prefix="bench-echo-")))
+            profile = profile_ours(a, work)
             bar.advance(task)
     add_ratios(rows, {t.name for t in ts if t.kind == "peer"})
+    ratios = demo_vs_websockets(rows)
     print()
     print(table(rows))
+    print(legend(a))
+    if ratios:
+        print(
+            "default app (ours demo 1sh) vs websockets raw echo: "
+            + ", ".join(f"{r:.2f}x at {c}" for c, r in ratios.items())
+            + " connections"
+        )
     if a.profile:
         print()
         print(profile_text(profile))
     for name, why in skipped.items():
         print(f"skipped:  {name}: {why}")
-    data = {"rows": rows, "skipped": skipped, "profile": profile}
+    data = {"rows": rows, "skipped": skipped, "profile": profile, "demo_vs_websockets": ratios}
     run.finish(data, {"msgs": lambda plt: chart(rows, plt)} if rows else {})
     return 0
 
@@ -585,26 +656,20 @@ def run_bench(a: argparse.Namespace) -> int:
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["client"]:
-        p = argparse.ArgumentParser(prog="python -m bench.echo client")
-        p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--path", default="/")
-        p.add_argument("--port", type=int, required=True)
-        p.add_argument("--conns", type=int, default=1)
-        p.add_argument("--count", type=int, default=100_000)
-        p.add_argument("--seconds", type=float, default=8.0)
-        p.add_argument("--payload", type=int, default=16)
-        p.add_argument("--welcome", action="store_true")
-        run_client(p.parse_args(argv[1:]))
-        return 0
     p = argparse.ArgumentParser(
         prog="python -m bench echo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--connections", type=int, nargs="+", default=[1, 100], help="(default 1 100)")
     p.add_argument(
-        "--seconds", type=float, default=8.0, help="time bound per measurement (default 8)"
+        "--connections",
+        type=int,
+        nargs="+",
+        default=[1, 100, 1000],
+        help="(default 1 100 1000)",
+    )
+    p.add_argument(
+        "--seconds", type=float, default=5.0, help="time bound per measurement (default 5)"
     )
     p.add_argument(
         "--count",
@@ -612,7 +677,35 @@ def main(argv: list[str] | None = None) -> int:
         default=400_000,
         help="message bound per measurement (default 400000)",
     )
-    p.add_argument("--client-procs", type=int, default=2, help="load processes (default 2)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.5,
+        help="seconds of closed loop before each measurement, not counted (default 0.5)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="measurements per server and connection count; the median is shown (default 3)",
+    )
+    p.add_argument(
+        "--client-procs",
+        type=int,
+        default=1,
+        help="load processes (C, bench/loadgen/echo_client.c) sharing the client CPU(s)"
+        " (default 1)",
+    )
+    p.add_argument(
+        "--client-spin-us",
+        type=float,
+        default=0,
+        help="pinned clients poll without sleeping until this long without a reply (default 0:"
+        " they sleep in epoll_wait like any client). Spinning spares each round trip the"
+        " client core's wake-up, which helps some servers and hurts others (smaller batches"
+        " per server wake-up), so it changes the ratios: on a 2-core VM, 1000 us gave picows"
+        " about +30 %% and our shard about -25 %% msgs/s at 100 connections",
+    )
     p.add_argument("--payload", type=int, default=16, help="bytes of 'data' (default 16)")
     p.add_argument(
         "--only", nargs="+", help="servers whose name contains any of these (e.g. ours picows)"
@@ -635,7 +728,10 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the py-spy profile of our 1-shard echo (done by default when py-spy is"
         " installed: one more measurement at the most connections)",
     )
-    return run_bench(p.parse_args(argv))
+    a = p.parse_args(argv)
+    if a.repeat < 1 or a.client_procs < 1:
+        p.error("--repeat and --client-procs must be at least 1")
+    return run_bench(a)
 
 
 if __name__ == "__main__":
