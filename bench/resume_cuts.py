@@ -276,7 +276,7 @@ async def run_cuts(
                         "fetch_timeout",
                         "resume_failed",
                         "route_failed",
-                        "relay_dropped",
+                        "broadcast_gap",
                         "app_error",
                     )
                 ]

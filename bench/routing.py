@@ -25,7 +25,7 @@ routed fraction, and direct/routed ratios. Everything is bounded: each client pr
 stops at ``--max-seconds``.
 
 Defaults: ``--connections 2000 --shards 4 --tasks 16 --client-procs 2 --rounds 2 --probe
-300 --max-seconds 30 --max-outbound-queue 100000`` (about 20-40 s on a 2-core VM). Writes
+300 --max-seconds 30 --max-outbound-bytes 67108864`` (about 20-40 s on a 2-core VM). Writes
 ``bench/results/routing-<stamp>.json`` (every figure of the table, and every setup latency
 of every path, direct and routed apart) and ``routing-<stamp>-setup_cdf.png`` (the CDF of
 the setup latency: lobby vs room direct vs room routed, loaded and one at a time).
@@ -404,10 +404,10 @@ async def run(a: argparse.Namespace, bar: Progress) -> tuple[list[str], dict[str
     probe_room = Phase(f"room /rooms/{ROOM}, 1 at a time", f"/rooms/{ROOM}", 1)
     per_round = max(1, a.connections // a.rounds)
     warm = max(1, min(200, per_round // 5))
-    # The anchor gets a few frames for every connection of the room; with the default
-    # outbox (1024 frames) the owner drops it as a slow consumer under this load, although
-    # it reads all the time (see BENCHMARKS.md), and the room would move between shards.
-    server_args = ("--max-outbound-queue", str(a.max_outbound_queue))
+    # The anchor gets a few frames for every connection of the room; with a small outbox
+    # the owner could drop it as a slow consumer under this load, although it reads all
+    # the time (see BENCHMARKS.md), and the room would move between shards.
+    server_args = ("--max-outbound-bytes", str(a.max_outbound_bytes))
     anchor_closed: list[str] = []
     tasks = {
         "warm-up": bar.add("warm-up setups", total=2 * warm),
@@ -450,8 +450,8 @@ async def run(a: argparse.Namespace, bar: Progress) -> tuple[list[str], dict[str
     phases = [lobby, room, probe_lobby, probe_room]
     out = [
         cpu,
-        f"server:   {a.shards} shards, default app (demo), --max-outbound-queue"
-        f" {a.max_outbound_queue}; room {ROOM!r} owned by shard {owner} ({kept}; anchor"
+        f"server:   {a.shards} shards, default app (demo), --max-outbound-bytes"
+        f" {a.max_outbound_bytes}; room {ROOM!r} owned by shard {owner} ({kept}; anchor"
         f" {anchor_closed[0] if anchor_closed else 'connected'}, re-placed {moved}x);"
         f" {a.client_procs} client process(es); run {elapsed:.0f} s",
         "",
@@ -499,10 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         "--max-seconds", type=float, default=30.0, help="bound of each loaded round (30)"
     )
     parser.add_argument(
-        "--max-outbound-queue",
+        "--max-outbound-bytes",
         type=int,
-        default=100_000,
-        help="server outbox per connection (100000; the default 1024 drops the anchor)",
+        default=64 * 1024 * 1024,
+        help="server outbox per connection (64 MiB: the anchor reads a burst of every setup)",
     )
     parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: one client process
     a = parser.parse_args(argv)
@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": a.rounds,
             "probe": a.probe,
             "max_seconds": a.max_seconds,
-            "max_outbound_queue": a.max_outbound_queue,
+            "max_outbound_bytes": a.max_outbound_bytes,
         },
     )
     with report.progress() as bar:

@@ -11,16 +11,22 @@ then connect to ``ws://127.0.0.1:8080/rooms/<id>`` (an id of letters, digits, ``
 wins the round (``round_over``) and the counter starts again at 10. No turns, no AI: an away
 player's seat is simply held until they resume (``player_back``) or the grace runs out.
 
-Every message used here is a ``core.protocol`` type; ``server.send`` numbers it in the
-recipient's stream, so a player who resumes gets everything they missed, in order.
+The lobby messages (echo, say, user_left) are ``core.protocol``'s transport messages;
+the room messages are the demo game's (``shards/race21.py``: ``move`` in, ``moved``,
+``room_state``... out), so clients of one game can play the other. ``messages`` tells the
+server which client messages beyond the transport ones this app understands.
+``server.send`` numbers each message in the recipient's stream, so a player who resumes
+gets everything they missed, in order.
 """
 
 from __future__ import annotations
 
-from core.protocol import (
-    ClientMessage,
-    Echo,
-    EchoReply,
+from typing import Any
+
+from core.protocol import Echo, EchoReply, Error, Said, Say, StreamMessage, UserLeft
+from core.session import Session
+from shards.app import AppServer
+from shards.race21 import (
     Move,
     Moved,
     MoveRejected,
@@ -28,14 +34,8 @@ from core.protocol import (
     PlayerBack,
     RoomState,
     RoundOver,
-    Said,
-    Say,
     SeatInfo,
-    StreamMessage,
-    UserLeft,
 )
-from core.session import Session
-from shards.app import AppServer
 
 START = 10
 
@@ -54,6 +54,8 @@ class Countdown:
     """One instance per shard. A room lives on one shard (the server routes every
     connection of ``/rooms/<id>`` there), so a plain dict of rooms is all the state."""
 
+    messages = (Move,)
+
     def __init__(self) -> None:
         self.server: AppServer | None = None
         self.rooms: dict[str, Room] = {}
@@ -69,12 +71,14 @@ class Countdown:
         room.members[session.id] = session
         self._send(session, self._snapshot(room))
 
-    def on_message(self, session: Session, message: ClientMessage) -> None:
+    def on_message(self, session: Session, message: Any) -> None:
         if isinstance(message, Echo):
             self._send(session, EchoReply(data=message.data))
         elif isinstance(message, Say):
             assert self.server is not None
-            self.server.broadcast(Said(from_=session.id, text=message.text))
+            if not self.server.broadcast(Said(from_=session.id, text=message.text), session):
+                error = Error(code="broadcast_budget", reason="try again", cseq=message.cseq)
+                self.server.notify(session, error)
         elif isinstance(message, Move):
             self._move(session, message.n)
 

@@ -1,11 +1,14 @@
-"""The application API a game implements, and the default ``demo`` app.
+"""The application API a game implements, and how ``--app`` finds one.
 
 An app is an object with these methods, all synchronous (they must not block; game state
 updates are quick, and anything slow belongs in a task the app starts itself):
 
+* ``messages`` (optional attribute) - the app's own client message types: msgspec Structs
+  subclassing ``core.protocol.ClientMessage`` with a ``tag`` (the ``type`` on the wire);
+  the transport ones (``Echo``, ``Say``, ``Heartbeat``) are always understood.
 * ``start(server)`` - once per shard, before any connection; keep ``server``.
 * ``on_connect(session)`` - after the session's ``welcome`` was queued.
-* ``on_message(session, message)`` - one decoded client message (``core.protocol``).
+* ``on_message(session, message)`` - one decoded client message.
 * ``on_away(session, reason)`` - the connection died (``abnormal``, ``heartbeat_timeout``,
   ``shutdown``); the session keeps its seat for ``--grace`` seconds: let the AI play.
 * ``on_back(session, gap)`` - the player resumed; ``gap`` True means some missed messages
@@ -14,41 +17,24 @@ updates are quick, and anything slow belongs in a task the app starts itself):
   ``policy`` (closed for bad input) or ``expired`` (the grace window ran out).
 * ``on_handoff(session)`` (optional) - the session moved to another shard (a resume there).
 
-``server.send(session, message)`` queues a stream message for one session (``seq`` is
-stamped for you); ``server.broadcast(message)`` reaches every session on every shard.
+``server.send(session, message)`` queues a stream message (a ``core.protocol.StreamMessage``
+subclass) for one session: ``seq`` is stamped for you and it is kept for replay.
+``server.broadcast(message, sender=None)`` reaches every session on every shard; pass the
+``sender`` session when a client asked for it, so the shard's broadcast budget applies
+(False: refused). ``server.notify(session, message)`` sends a message outside the stream
+(not numbered, not replayed: an ``Error`` answer, say) if the session is connected.
+A callback that raises closes only that client (1011) and is logged with its traceback.
 ``--app module:attr`` loads ``attr`` from ``module`` (a class is instantiated).
 """
 
 from __future__ import annotations
 
 import importlib
-import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-import msgspec
-
-from core.protocol import (
-    ClientMessage,
-    Echo,
-    EchoReply,
-    Joined,
-    Move,
-    Moved,
-    MoveRejected,
-    PlayerAway,
-    PlayerBack,
-    RoomState,
-    RoundOver,
-    Said,
-    Say,
-    SeatInfo,
-    StreamMessage,
-    Turn,
-    UserLeft,
-)
+from core.protocol import ServerMessage, StreamMessage
 from core.session import Session
-from shards.race21 import GameState, IllegalMove, Race21
 from shards.timers import TimerHandle
 
 
@@ -57,7 +43,9 @@ class AppServer(Protocol):
 
     def send(self, session: Session, message: StreamMessage) -> None: ...
 
-    def broadcast(self, message: Said | UserLeft) -> None: ...
+    def broadcast(self, message: StreamMessage, sender: Session | None = None) -> bool: ...
+
+    def notify(self, session: Session, message: ServerMessage) -> None: ...
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle: ...
 
@@ -67,7 +55,7 @@ class App(Protocol):
 
     def on_connect(self, session: Session) -> None: ...
 
-    def on_message(self, session: Session, message: ClientMessage) -> None: ...
+    def on_message(self, session: Session, message: Any) -> None: ...
 
     def on_away(self, session: Session, reason: str) -> None: ...
 
@@ -76,203 +64,14 @@ class App(Protocol):
     def on_leave(self, session: Session, reason: str) -> None: ...
 
 
-class Room:
-    """One room of the demo app: its players' sessions and their game of Race to 21."""
-
-    def __init__(self, room_id: str, turn_seconds: float) -> None:
-        self.id = room_id
-        self.members: dict[str, Session] = {}
-        self.game = Race21(GameState(room=room_id), turn_seconds)
-        self.timer: TimerHandle | None = None
-
-    def state_message(self) -> RoomState:
-        state = self.game.state
-        current = self.game.current
-        return RoomState(
-            room=self.id,
-            seats=[SeatInfo(seat.session, seat.away) for seat in state.seats],
-            total=state.total,
-            turn=current.session if current else None,
-            round=state.round,
-            wins=dict(state.wins),
-        )
-
-
-class DemoApp:
-    """The lobby: ``echo`` answers the sender, ``say`` reaches everyone, leaves are announced.
-    Rooms (``/rooms/<id>``): players are seated for Race to 21; an away player's turns are
-    played by the AI until they come back; the grace expiry unseats them.
-
-    ``turn_seconds`` (default 10): time for a move before the AI plays it.
-    ``ai_think_seconds`` (default 0.5): how soon the AI moves for an away player.
-    """
-
-    def __init__(self, turn_seconds: float = 10.0, ai_think_seconds: float = 0.5) -> None:
-        self.server: AppServer | None = None
-        self.turn_seconds = turn_seconds
-        self.ai_think_seconds = ai_think_seconds
-        self.rooms: dict[str, Room] = {}
-
-    def start(self, server: AppServer) -> None:
-        self.server = server
-
-    # ------------------------------------------------------------------ callbacks
-    def on_connect(self, session: Session) -> None:
-        if session.room is None:
-            return
-        room = self.rooms.get(session.room)
-        if room is None:
-            room = self.rooms[session.room] = Room(session.room, self.turn_seconds)
-        room.members[session.id] = session
-        seat = room.game.seat(session.id, time.monotonic())
-        was_running = room.game.running
-        self._to_room(room, Joined(session=session.id, seat=seat, players=list(room.members)))
-        self._send(session, room.state_message())
-        if was_running:
-            self._announce_turn(room)
-
-    def on_message(self, session: Session, message: ClientMessage) -> None:
-        if isinstance(message, Echo):
-            self._send(session, EchoReply(data=message.data))
-        elif isinstance(message, Say):
-            assert self.server is not None
-            self.server.broadcast(Said(from_=session.id, text=message.text))
-        elif isinstance(message, Move):
-            room = self.rooms.get(session.room or "")
-            if room is None:
-                self._send(session, MoveRejected(reason="moves are played in a room"))
-                return
-            try:
-                self._play(room, session.id, message.n, by_ai=False)
-            except IllegalMove as exc:
-                self._send(session, MoveRejected(reason=str(exc)))
-
-    def on_away(self, session: Session, reason: str) -> None:
-        room = self.rooms.get(session.room or "")
-        if room is not None and room.game.set_away(session.id, True):
-            self._to_room(room, PlayerAway(session=session.id, ai=True))
-            self._schedule(room)
-
-    def on_back(self, session: Session, gap: bool) -> None:
-        room = self.rooms.get(session.room or "")
-        if room is None:
-            # The room's game died with a crashed shard (games are not checkpointed):
-            # seat the player in a fresh one.
-            self.on_connect(session)
-            return
-        room.members[session.id] = session
-        if room.game.set_away(session.id, False):
-            self._to_room(room, PlayerBack(session=session.id, ai=False))
-        if gap:
-            self._send(session, room.state_message())
-        self._schedule(room)
-
-    def on_leave(self, session: Session, reason: str) -> None:
-        assert self.server is not None
-        self.server.broadcast(UserLeft(session=session.id, reason=reason))
-        self._forget(session)
-
-    def on_handoff(self, session: Session) -> None:
-        self._forget(session)
-
-    # ------------------------------------------------------------------ rolling restarts
-    def export_room(self, room_id: str) -> bytes | None:
-        """The room's game, serialised for the sibling that adopts it; forgotten here."""
-        room = self.rooms.pop(room_id, None)
-        if room is None:
-            return None
-        if room.timer is not None:
-            room.timer.cancel()
-        return msgspec.msgpack.encode(room.game.state)
-
-    def import_room(self, room_id: str, data: bytes, sessions: list[Session]) -> None:
-        """Continue a room's game from ``export_room`` (turn deadlines are monotonic time,
-        shared by every process of the machine, so the clock keeps running)."""
-        state = msgspec.msgpack.decode(data, type=GameState)
-        room = self.rooms[room_id] = Room(room_id, self.turn_seconds)
-        room.game = Race21(state, self.turn_seconds)
-        room.members = {session.id: session for session in sessions}
-        self._schedule(room)
-
-    # ------------------------------------------------------------------ the game
-    def _forget(self, session: Session) -> None:
-        room = self.rooms.get(session.room or "")
-        if room is None:
-            return
-        room.members.pop(session.id, None)
-        was_turn = room.game.current is not None and room.game.current.session == session.id
-        room.game.unseat(session.id, time.monotonic())
-        if not room.members:
-            if room.timer is not None:
-                room.timer.cancel()
-            del self.rooms[room.id]
-            return
-        if was_turn and room.game.running:
-            self._announce_turn(room)
-        else:
-            self._schedule(room)
-
-    def _play(self, room: Room, session_id: str, n: int, *, by_ai: bool) -> None:
-        winner = room.game.move(session_id, n, time.monotonic(), by_ai=by_ai)
-        state = room.game.state
-        total = 21 if winner else state.total
-        self._to_room(room, Moved(session=session_id, n=n, total=total, by_ai=by_ai))
-        if winner:
-            self._to_room(
-                room, RoundOver(winner=winner, round=state.round - 1, wins=dict(state.wins))
-            )
-        self._announce_turn(room)
-
-    def _announce_turn(self, room: Room) -> None:
-        current = room.game.current
-        if current is not None:
-            left = max(0.0, room.game.state.turn_deadline - time.monotonic())
-            self._to_room(
-                room,
-                Turn(
-                    session=current.session,
-                    total=room.game.state.total,
-                    round=room.game.state.round,
-                    deadline_ms=round(left * 1000),
-                ),
-            )
-        self._schedule(room)
-
-    def _schedule(self, room: Room) -> None:
-        assert self.server is not None
-        if room.timer is not None:
-            room.timer.cancel()
-            room.timer = None
-        at = room.game.next_event_at(self.ai_think_seconds)
-        if at is not None:
-            room.timer = self.server.call_at(at, lambda: self._ai_turn(room))
-
-    def _ai_turn(self, room: Room) -> None:
-        if self.rooms.get(room.id) is not room:
-            return
-        due = room.game.due_ai_move(time.monotonic(), self.ai_think_seconds)
-        if due is None:
-            self._schedule(room)
-            return
-        session_id, n = due
-        self._play(room, session_id, n, by_ai=True)
-
-    # ------------------------------------------------------------------ sending
-    def _send(self, session: Session, message: StreamMessage) -> None:
-        assert self.server is not None
-        self.server.send(session, message)
-
-    def _to_room(self, room: Room, message: StreamMessage) -> None:
-        for member in room.members.values():
-            self._send(member, message)
-
-
 RAW_ECHO = "echo"
 
 
 def load_app(spec: str, **demo_options: float) -> App | None:
     """``demo`` -> DemoApp; ``echo`` -> None (raw echo, no sessions); else ``module:attr``."""
     if spec == "demo":
+        from shards.demo import DemoApp
+
         return DemoApp(**demo_options)  # type: ignore[arg-type]
     if spec == RAW_ECHO:
         return None

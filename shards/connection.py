@@ -1,183 +1,511 @@
-"""One client connection on a shard: the bounded outbox, its writer task, and how it ended.
+"""One client connection on a shard, from its first byte to its classified end.
 
-The session task (in ``shard.py``) reads; the writer task owns every send, so a slow
-client never blocks the code that queues for it. The outbox holds at most
-``max_outbound_queue`` frames; a client that falls further behind is a slow consumer
-and is dropped with 1008 rather than growing the shard's memory.
+Each connection has one trio task for what is not per-message (``Connections.serve``):
+
+1. read the request head - awaiting readability, keeping what was read, at most 8 KiB,
+   within ``--handshake-timeout`` - so a client dribbling bytes costs nothing between
+   them (no polling);
+2. answer plain-HTTP pages and refusals (``core.handshake``: 400/403/404/405/414/426/431/
+   505) with a lingering close, or pass the socket to the shard owning the room or
+   session (``shards.routing``) with the head already read;
+3. write the ``101`` answer, open or resume the session (which may fetch it from another
+   shard), and hand the socket to the shard's reactor;
+4. sleep until the connection ends (a close started by either side is bounded by
+   ``--close-timeout``), then classify the end, log one ``disconnect`` line and tell the
+   session host (away, or left).
+
+Every frame in between is the reactor's (``shards.reactor``): it calls the connection's
+handler - ``SessionConnection.on_data`` (the per-message rules of ``core.inbound``, then
+the app) or ``EchoConnection.on_data`` for ``--app echo``. One connection's failure - a bad
+request, a bug in routing, an exception in the app - ends that connection only: the task
+catches it, answers 400/1011, logs it once with its traceback and counts it.
 """
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
+import socket
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 import trio
-import wsproto.connection
-import wsproto.events
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from core import handshake
 from core.close_codes import CloseCode, Disconnect, How, classify
-from core.protocol import Codec
-from shards import stats
+from core.control import PassConnection
+from core.handshake import HttpError, http_response
+from core.inbound import CLOSE, DELIVER, REPLY, InboundRules
+from core.protocol import Codec, Error, ServerMessage, StreamMessage
+from core.rate_limit import TokenBucket
+from core.ws_codec import binary_frame, stamped_text_frame, text_frame
+from shards import static, stats
+from shards.log import log
+from shards.reactor import Link, LinkState, Reactor
+from shards.routing import refuse_now
 
 if TYPE_CHECKING:
+    from core.config import ServerConfig
+    from core.heartbeat_wheel import HeartbeatWheel
     from core.session import Session
-    from shards.activity import ActivityStream
+    from shards.routing import Router
+    from shards.session_host import SessionHost
 
-_PING = object()
-_PING_PAYLOAD = b"hb"
-
-
-class _CloseRequest:
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
+LINGER = 2.0  # seconds an HTTP refusal waits for the client to read it and close
+MAX_LINGERING = 256  # refusals lingering at once; past it a refused socket closes at once
 
 
-class Connection:
-    """A live WebSocket connection and everything the shard needs to end it honestly."""
+class EchoConnection:
+    """``--app echo``: every data frame back, verbatim (conformance, benchmarks)."""
+
+    __slots__ = ()
+
+    def on_data(self, link: Link, payload: bytes, text: bool, now: float) -> None:
+        if not link.bucket.take(now):
+            link.close(CloseCode.POLICY_VIOLATION, "message rate limit")
+            return
+        link.send(text_frame(payload) if text else binary_frame(payload))
+
+
+class SessionConnection:
+    """A connection of a session app: its link, its session, the per-message rules."""
+
+    __slots__ = ("link", "host", "codec", "rules", "session", "session_id", "peer", "shard")
 
     def __init__(
-        self,
-        ws: WebSocketConnection,
-        stream: ActivityStream,
-        codec: Codec,
-        *,
-        slot: int,
-        path: str,
-        max_outbound_queue: int,
-        close_timeout: float,
-        accepted_at: float,
+        self, link: Link, host: SessionHost, codec: Codec, rules: InboundRules, peer: str
     ) -> None:
-        self.ws = ws
-        self.stream = stream
+        self.link = link
+        self.host = host
         self.codec = codec
-        self.slot = slot
-        self.path = path
-        self.accepted_at = accepted_at
-        self.session: Session | None = None  # None once replaced by a newer connection
-        self.session_id: str | None = None  # for the log, kept after a replacement
-        self.peer = "-"
-        self.close_timeout = close_timeout
-        self._out_send, self._out_recv = trio.open_memory_channel[object](max_outbound_queue)
-        self.writer_done = trio.Event()
-        # Set when the server decided how this connection ends.
-        self._how: How | None = None
-        self._code: int | None = None
-        self._reason: str = ""
-        self.silent_s: float | None = None  # for heartbeat timeouts: silence before closing
-        # The close code trio-websocket sent by itself (1002 protocol error, 1007 bad UTF-8,
-        # 1009 too big): seen by wrapping its wsproto send, since it only reports a 1006.
-        self.sent_close: tuple[int, str] | None = None
-        wsproto_send = ws._wsproto.send
+        self.rules = rules
+        self.session: Session | None = None  # None once detached (replaced, evacuated)
+        self.session_id: str | None = None  # for the log, kept after a detach
+        self.peer = peer
+        self.shard = host.shard_index
 
-        def send(event: wsproto.events.Event) -> bytes:
-            if (
-                isinstance(event, wsproto.events.CloseConnection)
-                and self._how is None
-                and ws._wsproto.state is wsproto.connection.ConnectionState.OPEN
-            ):  # initiated here (a reply to the client's close happens in REMOTE_CLOSING)
-                self.sent_close = (event.code, event.reason or "")
-            return wsproto_send(event)
-
-        ws._wsproto.send = send  # type: ignore[method-assign]
-
-    # ------------------------------------------------------------------ sending
-    def send(self, frame: str | bytes) -> bool:
-        """Queue one frame; False (and the connection is dropped 1008) if the outbox is full."""
-        if self._how is not None:
-            return False
-        try:
-            self._out_send.send_nowait(frame)
-        except trio.WouldBlock:
-            self.abort(How.SERVER_CLOSED, CloseCode.POLICY_VIOLATION, "slow consumer")
-            return False
-        except trio.ClosedResourceError:
-            return False
-        stats.count_out()
-        return True
-
-    def ping(self) -> None:
-        """Queue a WebSocket ping; skipped when the outbox is full (the timeout will judge)."""
-        if self._how is None:
-            try:
-                self._out_send.send_nowait(_PING)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                pass
-
-    def close(self, code: int, reason: str) -> None:
-        """Close with ``code`` after the frames already queued have been sent."""
-        if self._how is not None:
-            return
-        self._how, self._code, self._reason = How.SERVER_CLOSED, code, reason
-        try:
-            self._out_send.send_nowait(_CloseRequest(code, reason))
-        except trio.WouldBlock:
-            self.stream.abort()
-        except trio.ClosedResourceError:
-            pass
-
-    def abort(self, how: How, code: int | None, reason: str) -> None:
-        """Drop the TCP connection now (no close handshake): heartbeat expiry, slow consumer."""
-        if self._how is None:
-            self._how, self._code, self._reason = how, code, reason
-        self.stream.abort()
-
-    def expire(self, silent_s: float) -> None:
-        """The heartbeat wheel found this client silent past the timeout."""
-        self.silent_s = silent_s
-        self.abort(How.HEARTBEAT_EXPIRED, None, "heartbeat timeout")
+    @property
+    def binary(self) -> bool:
+        return self.codec.binary
 
     @property
     def closing(self) -> bool:
-        return self._how is not None
+        return self.link.state is not LinkState.OPEN
 
-    async def run_writer(self) -> None:
-        """Send queued frames in order until a close request or a dead connection."""
+    # ------------------------------------------------------------------ inbound
+    def on_data(self, link: Link, payload: bytes, text: bool, now: float) -> None:
+        session = self.session
+        if session is None:
+            # Detached (replaced, or evacuated by a rolling restart): discard until the
+            # server's close reaches it; the client re-sends what was not acknowledged.
+            return
+        action, value = self.rules.on_data(session, payload, text, now)
+        if action == DELIVER:
+            if self.host.deliver(self, session, value):
+                session.processed(value.cseq)
+        elif action == REPLY:
+            if type(value) is Error:
+                stats.count(f"bad_message|{value.code}")
+            self.send_message(value)
+        elif action == CLOSE:
+            code, reason = value
+            if code != CloseCode.POLICY_VIOLATION:
+                log("bad_message", shard=self.shard, session=session.id, code=code, reason=reason)
+            else:
+                log("rate_limited", shard=self.shard, session=session.id)
+            link.close(code, reason)
+
+    # ------------------------------------------------------------------ outbound
+    def send_message(self, message: ServerMessage) -> bool:
+        """A message outside the session stream (welcome, acks, errors, shutdown)."""
+        data = self.codec.encode(message)
+        return self.link.send(binary_frame(data) if self.codec.binary else text_frame(data))
+
+    def send_stream(self, message: StreamMessage, body: bytes, seq: int) -> bool:
+        """A stream message just recorded with ``seq`` (``body``: its JSON body)."""
+        if not self.codec.binary:
+            return self.link.send(stamped_text_frame(body, seq))
+        data = self.codec.encode(msgspec.structs.replace(message, seq=seq))
+        return self.link.send(binary_frame(data))
+
+    def send_body(self, body: bytes, seq: int, msgpack_body: bytes | None = None) -> bool:
+        """A recorded stream body (a broadcast, a replay): JSON links stamp it when it is
+        written; msgpack links get it converted (``msgpack_body`` if already done)."""
+        if not self.codec.binary:
+            return self.link.send_stamped(body, seq)
+        data = msgpack_body if msgpack_body is not None else self.codec.body_from_json(body)
+        return self.link.send(binary_frame(self.codec.stamp(data, seq)))
+
+    def close(self, code: int, reason: str) -> None:
+        self.link.close(code, reason)
+
+
+class Connections:
+    """The shard's connections: counts (``live`` includes handshakes in flight and
+    connections passed here by siblings), and the task each one runs."""
+
+    def __init__(
+        self,
+        shard_index: int,
+        config: ServerConfig,
+        reactor: Reactor,
+        wheel: HeartbeatWheel,
+        host: SessionHost | None,
+        router: Router | None,
+        app_messages: tuple[type, ...] = (),
+    ) -> None:
+        self.shard_index = shard_index
+        self.config = config
+        self.reactor = reactor
+        self.wheel = wheel
+        self.host = host
+        self.router = router
+        self.live = 0  # accepted/received and not yet finished (the --max-connections count)
+        self.pending = 0  # of those, still before their upgrade (--max-pending-handshakes)
+        self.links: dict[int, Link] = {}  # serving (past the upgrade), by wheel slot
+        self.handlers: dict[int, SessionConnection] = {}  # the same, for session apps
+        self.on_count: Callable[[], None] | None = None  # the load table's publisher
+        self.all_closed = trio.Event()
+        self.handshake_timeouts = 0
+        self._lingering = 0
+        self._codecs = {
+            False: Codec(binary=False, messages=app_messages),
+            True: Codec(binary=True, messages=app_messages),
+        }
+
+    def __len__(self) -> int:
+        """Connections past their upgrade (being served by the reactor)."""
+        return len(self.links)
+
+    # ------------------------------------------------------------------ admission
+    def over_capacity(self) -> str | None:
+        """Why a new connection must be refused now (HTTP 503), or None."""
+        limit = self.config.max_connections
+        if limit is not None and self.live >= limit:
+            return f"over capacity ({limit} connections per shard)"
+        if self.pending >= self.config.max_pending_handshakes:
+            return f"too many handshakes in flight ({self.config.max_pending_handshakes})"
+        return None
+
+    def admit(self) -> str | None:
+        """Count a new connection now (before its task starts, so a batch of accepts cannot
+        overshoot the caps); or why it must be refused. ``serve`` uncounts it."""
+        why = self.over_capacity()
+        if why is None:
+            self.pending += 1
+            self._count(+1)
+        return why
+
+    def refuse(self, sock: socket.socket, why: str, peer: str, nursery: trio.Nursery) -> None:
+        """HTTP 503 + ``Retry-After`` for a connection over the caps, logged and counted;
+        answered with a lingering close while few are (so the client reads the answer),
+        closed at once under a flood (so the fds come back now)."""
+        log(
+            "rejected",
+            shard=self.shard_index,
+            reason="over_capacity",
+            status=503,
+            detail=why,
+            peer=peer,
+        )
+        if self._lingering >= MAX_LINGERING:
+            refuse_now(sock, why)
+            return
+        self._lingering += 1
+        nursery.start_soon(self._linger, sock, http_response(503, why))
+
+    async def _linger(self, sock: socket.socket, response: bytes) -> None:
         try:
-            async for item in self._out_recv:
-                if item is _PING:
-                    # trio-websocket's public ping() waits for the pong; one task per
-                    # ping is what the wheel exists to avoid, so send the frame only.
-                    await self.ws._send(wsproto.events.Ping(payload=_PING_PAYLOAD))
-                elif isinstance(item, _CloseRequest):
-                    with trio.move_on_after(self.close_timeout):
-                        await self.ws.aclose(item.code, item.reason)
-                    self.stream.abort()
-                    return
-                else:
-                    await self.ws.send_message(item)  # type: ignore[arg-type]
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            sock.setblocking(False)
+            await _answer(sock, response)
         finally:
-            self.writer_done.set()
+            sock.close()
+            self._lingering -= 1
 
-    async def wait_closed(self) -> None:
-        """After the reader stopped: let a server-initiated close handshake finish (bounded)."""
-        if self._how is How.SERVER_CLOSED:
-            with trio.move_on_after(self.close_timeout + 1):
-                await self.writer_done.wait()
+    def _count(self, delta: int) -> None:
+        self.live += delta
+        if self.on_count is not None:
+            self.on_count()
 
-    # ------------------------------------------------------------------ outcome
-    def outcome(self) -> tuple[Disconnect, str]:
-        """How the connection ended, classified, with a short reason for the log."""
-        if self._how is not None:
-            return classify(self._code, self._how), self._reason
-        if self.sent_close is not None:
-            code, reason = self.sent_close
-            return classify(code, How.SERVER_CLOSED), reason or "protocol error"
-        closed = self.ws.closed
-        if closed is None or closed.code == CloseCode.ABNORMAL:
-            return classify(None, How.CONNECTION_LOST), "connection lost"
-        if closed.code == CloseCode.MESSAGE_TOO_BIG and (closed.reason or "").startswith(
-            "Exceeded maximum"
-        ):
-            return classify(closed.code, How.SERVER_CLOSED), closed.reason or ""
-        return classify(closed.code, How.CLIENT_CLOSED), closed.reason or ""
+    # ------------------------------------------------------------------ the task
+    async def serve(
+        self, sock: socket.socket, peer: str, note: PassConnection | None = None
+    ) -> None:
+        """Serve one accepted (or passed) socket to its end, once ``admit`` counted it.
+        Never raises (but for cancellation): a failure ends this connection only."""
+        pending = True
+        link: Link | None = None
+        try:
+            sock.setblocking(False)
+            prepared = await self._prepare(sock, peer, note)
+            self.pending -= 1
+            pending = False
+            if prepared is None:
+                return
+            target, subprotocol, extra = prepared
+            link = await self._open(sock, peer, target, subprotocol, extra)
+            if link is not None:
+                await self._until_ended(link)
+        except Exception as exc:  # noqa: BLE001 - one connection's bug must not end the shard
+            stats.count("connection_error")
+            log(
+                "connection_error",
+                shard=self.shard_index,
+                peer=peer,
+                error=repr(exc)[:200],
+                traceback="".join(traceback.format_exception(exc))[-2000:],
+            )
+            if link is not None and link.state is LinkState.OPEN:
+                link.close(CloseCode.INTERNAL_ERROR, "server error")
+                with trio.move_on_after(self.config.close_timeout):
+                    await self._until_ended(link)
+        finally:
+            if pending:
+                self.pending -= 1
+            if link is not None:
+                self._finish(link)
+            sock.close()
+            self._count(-1)
+            if not self.links:
+                self.all_closed.set()
+
+    async def _prepare(
+        self, sock: socket.socket, peer: str, note: PassConnection | None
+    ) -> tuple[handshake.Target, str | None, bytes] | None:
+        """Head, checks and routing: (target, subprotocol, bytes after the head) to serve
+        here, or None when answered (refused, a page, passed on) or timed out."""
+        config = self.config
+        with trio.move_on_after(config.handshake_timeout):
+            try:
+                if note is not None and note.head:
+                    end = handshake.head_end(note.head)
+                    head, extra = note.head[:end], note.head[end:]
+                    if end == -1:
+                        raise HttpError(400, "incomplete request head")
+                else:
+                    got = await _read_head(sock)
+                    if got is None:
+                        log("handshake_failed", shard=self.shard_index, peer=peer, reason="closed")
+                        return None
+                    head, extra = got
+                request = handshake.parse_head(head)
+                page = static.response(request)
+                if page is not None:
+                    await _answer(sock, page)
+                    return None
+                target = handshake.route(request.target)
+                upgrade = handshake.upgrade(request, config.allowed_origins)
+            except HttpError as exc:
+                log(
+                    "rejected",
+                    shard=self.shard_index,
+                    reason=exc.kind,
+                    status=exc.status,
+                    detail=exc.reason,
+                    peer=peer,
+                )
+                await _answer(sock, exc.response())
+                return None
+            if note is None and self.router is not None and self.host is not None:
+                owner = self._owner_note(target, peer, head + extra)
+                if owner is not None and await self.router.pass_connection(sock, owner):
+                    return None
+            try:
+                await _send_all(sock, upgrade.response)
+            except OSError:
+                log("handshake_failed", shard=self.shard_index, peer=peer, reason="client gone")
+                return None
+            return target, upgrade.subprotocol, extra
+        self.handshake_timeouts += 1
+        log(
+            "handshake_failed",
+            shard=self.shard_index,
+            peer=peer,
+            reason="no upgrade within the handshake timeout",
+        )
+        return None
+
+    def _owner_note(
+        self, target: handshake.Target, peer: str, head: bytes
+    ) -> PassConnection | None:
+        """A note for the supervisor when another shard must serve this connection."""
+        host = self.host
+        assert host is not None
+        if target.room is not None:
+            if host.hosts_room(target.room):
+                return None
+            return PassConnection(room=target.room, origin=self.shard_index, peer=peer, head=head)
+        if target.token is not None and self.config.route_resumes:
+            session_id = host.session_of_token(target.token)
+            if session_id is not None and session_id not in host.sessions:
+                return PassConnection(
+                    session=session_id, origin=self.shard_index, peer=peer, head=head
+                )
+        return None
+
+    async def _open(
+        self,
+        sock: socket.socket,
+        peer: str,
+        target: handshake.Target,
+        subprotocol: str | None,
+        extra: bytes,
+    ) -> Link | None:
+        config = self.config
+        host = self.host
+        opened = None
+        if host is not None:
+            opened = await host.open(target.token, target.last_seq, target.room, host_of(peer))
+        now = trio.current_time()
+        bucket = TokenBucket(config.max_message_rate, config.message_burst, now)
+        link = Link(
+            self.reactor,
+            sock,
+            slot=self.wheel.add(now),
+            max_message_size=config.max_message_size,
+            # A resume queues its whole replay at once: room for it on top of the budget.
+            max_out=config.max_outbound_bytes + config.replay_buffer_bytes,
+            bucket=bucket,
+        )
+        self.links[link.slot] = link
+        trio.lowlevel.notify_closing(sock)  # trio's own epoll lets go of it: the reactor's now
+        if host is None:
+            link.handler = EchoConnection()
+            self.reactor.add(link)
+        else:
+            assert opened is not None
+            codec = self._codecs[subprotocol == handshake.MSGPACK_SUBPROTOCOL]
+            conn = SessionConnection(
+                link, host, codec, InboundRules(codec, bucket, config.max_say_bytes), peer
+            )
+            link.handler = conn
+            self.handlers[link.slot] = conn
+            self.reactor.add(link)
+            host.attach(conn, opened)
+        if extra:
+            self.reactor.inject(link, extra)
+        return link
+
+    async def _until_ended(self, link: Link) -> None:
+        """Sleep until the link ends; a close in progress gets ``--close-timeout``."""
+        await link.wakeup.wait()
+        if link.state is LinkState.ENDED:
+            return
+        link.wakeup = trio.Event()
+        if link.state is LinkState.ENDED:
+            return
+        with trio.move_on_after(self.config.close_timeout):
+            await link.wakeup.wait()
+        if link.state is not LinkState.ENDED:
+            link.abort(link.how or How.SERVER_CLOSED, link.reason or "close timeout")
+
+    def _finish(self, link: Link) -> None:
+        if link.state is not LinkState.ENDED:
+            # Cancelled (the shard is stopping) or failed before the end: drop it now.
+            link.abort(How.SERVER_CLOSED, link.reason or "shard stopped")
+        self.links.pop(link.slot, None)
+        conn = self.handlers.pop(link.slot, None)
+        if link.slot in self.wheel:
+            self.wheel.remove(link.slot)
+        disconnect, reason = outcome(link)
+        log(
+            "disconnect",
+            kind=disconnect.kind,
+            code=disconnect.code,
+            reason=reason,
+            session=conn.session_id if conn is not None else None,
+            shard=self.shard_index,
+            duration_s=link.age(),
+            silent_s=link.silent_s,
+            reconnect=disconnect.reconnect,
+            peer=conn.peer if conn is not None else None,
+        )
+        if conn is not None and self.host is not None:
+            self.host.detach(conn, disconnect)
+
+    # ------------------------------------------------------------------ ending others
+    def expire(self, slot: int, silent_s: float) -> None:
+        link = self.links.get(slot)
+        if link is not None:
+            link.expire(silent_s)
+
+    def ping(self, slots: list[int]) -> None:
+        links = self.links
+        for slot in slots:
+            link = links.get(slot)
+            if link is not None:
+                link.ping()
 
 
-def duration(since: float) -> float:
-    d = trio.current_time() - since
-    return d if math.isfinite(d) else 0.0
+def outcome(link: Link) -> tuple[Disconnect, str]:
+    """How a link ended, classified, with a short reason for the log."""
+    how = link.how or How.CONNECTION_LOST
+    reason = link.reason or ("connection lost" if how is How.CONNECTION_LOST else "")
+    return classify(link.code, how), reason
+
+
+async def _read_head(sock: socket.socket) -> tuple[bytes, bytes] | None:
+    """The request head and whatever followed it, or None if the client closed first.
+    Waits for readability between reads (a slow client costs nothing meanwhile) and keeps
+    what it read; ``HttpError`` 414/431 past 8 KiB."""
+    buf = bytearray()
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            chunk = sock.recv(handshake.MAX_HEAD - len(buf) or 1)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+        end = handshake.head_end(buf)
+        if end != -1:
+            return bytes(buf[:end]), bytes(buf[end:])
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        view = view[sent:]
+
+
+async def _answer(sock: socket.socket, response: bytes) -> None:
+    """Send a whole HTTP response, then a lingering close: FIN, and read until the client
+    closes (bounded by ``LINGER``), so unread request bytes cannot turn the close into a
+    reset that destroys the response before the client reads it."""
+    with trio.move_on_after(LINGER):
+        try:
+            await _send_all(sock, response)
+            sock.shutdown(socket.SHUT_WR)
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    if not sock.recv(65536):
+                        return
+                except BlockingIOError:
+                    continue
+        except OSError:
+            return
+
+
+def peer_of(address: Any) -> str:
+    """A socket address as logs show it: ``host:port`` (``[v6]:port``); "" when unknown."""
+    try:
+        host, port = address[0], address[1]
+    except (TypeError, IndexError):
+        return ""
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def host_of(peer: str) -> str:
+    """The address part of ``peer_of``'s text (what per-address caps count)."""
+    if peer.startswith("["):
+        return peer[1 : peer.find("]")]
+    return peer.rpartition(":")[0] or peer

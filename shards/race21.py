@@ -1,4 +1,5 @@
-"""Race to 21, the default app's game: pure rules and the AI, no I/O, time passed in.
+"""Race to 21, the default app's game: its messages, pure rules and the AI; no I/O, time
+passed in.
 
 Players sit in join order and take turns adding 1, 2 or 3 to a shared total; whoever
 brings it to 21 wins and a new round starts. A turn lasts ``turn_seconds`` (default 10 s);
@@ -9,10 +10,80 @@ AI moves for them. The AI plays the known strategy: leave the total at 1 modulo 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+from core.protocol import ClientMessage, StreamMessage
 
 TARGET = 21
 MOVES = (1, 2, 3)
+
+
+# ---------------------------------------------------------------- the game's messages
+class Move(ClientMessage, tag="move", kw_only=True):
+    """Client -> server: add ``n`` (1-3) to the total on your turn."""
+
+    n: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
+class Joined(StreamMessage, tag="joined", kw_only=True):
+    session: str
+    seat: int
+    players: list[str]
+
+
+class PlayerAway(StreamMessage, tag="player_away", kw_only=True):
+    session: str
+    ai: bool  # always true: the server's AI plays this seat meanwhile
+
+
+class PlayerBack(StreamMessage, tag="player_back", kw_only=True):
+    session: str
+    ai: bool  # always false: the player plays again
+
+
+class Turn(StreamMessage, tag="turn", kw_only=True):
+    session: str
+    total: int
+    round: int
+    deadline_ms: int  # milliseconds left for this move before the AI plays it
+
+
+class Moved(StreamMessage, tag="moved", kw_only=True):
+    session: str
+    n: int
+    total: int
+    by_ai: bool
+
+
+class RoundOver(StreamMessage, tag="round_over", kw_only=True):
+    winner: str
+    round: int
+    wins: dict[str, int]
+
+
+class MoveRejected(StreamMessage, tag="move_rejected", kw_only=True):
+    reason: str
+
+
+class SeatInfo(msgspec.Struct):
+    session: str
+    away: bool
+
+
+class RoomState(StreamMessage, tag="room_state", kw_only=True):
+    """A full snapshot, sent on join and on a resume with ``replay_gap``."""
+
+    room: str
+    seats: list[SeatInfo]
+    total: int
+    turn: str | None
+    round: int
+    wins: dict[str, int]
+
+
+# ---------------------------------------------------------------- the game
 
 
 class Seat(msgspec.Struct, kw_only=True):

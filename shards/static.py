@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.handshake import Request, is_upgrade
+
 WEB = Path(__file__).resolve().parent / "web"
 # path -> (file in WEB, content type)
 PAGES: dict[str, tuple[str, str]] = {
@@ -50,16 +52,12 @@ def _load() -> dict[str, tuple[bytes, str]]:
 _FILES = _load()
 
 
-def response(line: bytes, headers: dict[str, str]) -> bytes | None:
+def response(request: Request) -> bytes | None:
     """The whole HTTP response for a plain ``GET``/``HEAD`` of a page, else None (the
     request goes on to the WebSocket checks)."""
-    if headers.get("upgrade", "").lower() == "websocket":
+    if is_upgrade(request) or request.method not in ("GET", "HEAD"):
         return None
-    parts = line.split(b" ")
-    if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD") or not parts[2].startswith(b"HTTP/"):
-        return None
-    path = parts[1].split(b"?", 1)[0].decode("latin-1")
-    page = _FILES.get(path)
+    page = _FILES.get(request.target.split("?", 1)[0])
     if page is None:
         return None
-    return ok(*page, head_only=parts[0] == b"HEAD")
+    return ok(*page, head_only=request.method == "HEAD")

@@ -5,8 +5,9 @@
 ``Load`` report then carries ``ShardStats.report(host)``: totals since this process
 started, which the supervisor sums over shards and keeps after a shard exits
 (``supervisor/metrics.py``).
-Messages in and out are counted by two one-line hooks (``count_in`` in the session loop,
-``count_out`` in ``Connection.send``), not from log lines.
+Messages in and out are two module-level integers the reactor increments
+(``messages_in``, ``messages_out``), and ``count(key)`` adds to a counter directly where a
+log line per event would be too many (bad messages, rejected broadcasts).
 
 Counter keys in ``Load.counters`` ("name" or "name|label value|..."):
 
@@ -18,10 +19,17 @@ Counter keys in ``Load.counters`` ("name" or "name|label value|..."):
 - ``session_expired`` — away sessions whose grace ran out;
 - ``drain`` and ``drain_seconds`` — drains finished, and their total duration;
 - ``messages_in`` / ``messages_out`` — data frames read in sessions / queued to clients;
-- ``rejected|REASON`` — ``http_STATUS`` (``request_rejected``), ``handshake_failed``,
-  ``bad_message``;
+- ``rejected|REASON`` — requests refused before the upgrade, by readable reason
+  (``bad_request``, ``not_found``, ``not_websocket``, ``over_capacity``, ...: the ``rejected``
+  line), ``handshake_timeout``, and ``bad_bytes`` (connections closed 1002/1003/1007);
 - ``routed`` — connections passed to the shard owning their room or session;
-- ``app_error`` — app callbacks that raised.
+- ``app_error`` — app callbacks that raised;
+- ``connection_error`` — bugs caught in one connection's handling (it closed 1011);
+- ``bad_message|CODE`` — messages answered with ``error`` (``unknown_type``,
+  ``invalid_message``, ``too_long``, ``broadcast_budget``);
+- ``broadcast_rejected`` — broadcasts refused by the shard's broadcast budget;
+- ``away_evicted|WHY`` — away sessions ended early by a cap (``shard_cap``, ``address_cap``);
+- ``broadcast_gap`` — broadcasts the supervisor could not deliver to this shard.
 """
 
 from __future__ import annotations
@@ -35,20 +43,14 @@ from typing import Any
 from core.control import GC_PAUSE_BOUNDS
 from shards import log as shard_log
 
-_messages_in = 0
-_messages_out = 0
+messages_in = 0  # data frames read from clients (the reactor adds)
+messages_out = 0  # data frames queued to clients (the reactor adds)
+_direct: dict[str, float] = {}
 
 
-def count_in() -> None:
-    """One data frame read from a client (the session loop calls this)."""
-    global _messages_in
-    _messages_in += 1
-
-
-def count_out() -> None:
-    """One data frame queued to a client (``Connection.send`` calls this)."""
-    global _messages_out
-    _messages_out += 1
+def count(key: str, amount: float = 1) -> None:
+    """Add to a counter without a log line (the key format of ``Load.counters``)."""
+    _direct[key] = _direct.get(key, 0) + amount
 
 
 class ShardStats:
@@ -80,12 +82,12 @@ class ShardStats:
             self.add(f"resume|{fields.get('error')}")
         elif event == "session_expired":
             self.add("session_expired")
-        elif event == "request_rejected":
-            self.add(f"rejected|http_{fields.get('status')}")
+        elif event == "rejected":
+            self.add(f"rejected|{fields.get('reason')}")
         elif event == "handshake_failed":
-            self.add("rejected|handshake_failed")
+            self.add("rejected|handshake_timeout")
         elif event == "bad_message":
-            self.add("rejected|bad_message")
+            self.add("rejected|bad_bytes")
         elif event == "drain_done":
             self.add("drain")
             self.add("drain_seconds", fields.get("duration_s") or 0.0)
@@ -113,8 +115,10 @@ class ShardStats:
     def report(self, host: Any) -> dict[str, Any]:
         """The optional fields of a ``Load`` report (copies: the frame is encoded later)."""
         counters = dict(self.counters)
-        counters["messages_in"] = _messages_in
-        counters["messages_out"] = _messages_out
+        for key, value in _direct.items():
+            counters[key] = counters.get(key, 0) + value
+        counters["messages_in"] = messages_in
+        counters["messages_out"] = messages_out
         away = 0
         if host is not None:
             away = max(0, len(host.sessions) - len(host.attached))

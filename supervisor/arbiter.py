@@ -11,6 +11,7 @@ socketpair per shard.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -23,7 +24,8 @@ import trio
 
 from core.config import ServerConfig, ShardConfig
 from core.control import (
-    Adopt,
+    FRAME_BUDGET,
+    Adopted,
     Broadcast,
     Checkpoint,
     Claim,
@@ -32,6 +34,7 @@ from core.control import (
     Drain,
     Drained,
     Evacuate,
+    Evacuated,
     Fetch,
     FrameReader,
     Handoff,
@@ -45,20 +48,29 @@ from core.control import (
     Surrender,
     encode_frame,
 )
-from core.directory import InMemoryDirectory, SessionDirectory
-from core.session import SessionSnapshot
-from core.tokens import load_or_create_secret
+from core.directory import (
+    PLACEMENT_SLACK,
+    InMemoryDirectory,
+    PlacementRefused,
+    RoomPlacements,
+    SessionDirectory,
+)
+from core.handshake import http_response as http_error
+from core.session import Session, SessionSnapshot, pack
+from core.tokens import SecretFileError, load_or_create_secret, share_secret
 from shards.load_table import LoadTable
 from shards.log import log
 from shards.routing import receive_connection, send_connection
 from supervisor import control_socket, metrics
+from supervisor.handover import Handover
+from supervisor.relay import BroadcastLog, RelayQueue
 
-RELAY_QUEUE = 10_000  # control frames queued per shard before relays to it are dropped
 STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
 HEALTHY_AFTER = 10.0  # a shard that lived this long restarts without backoff
 KILL_GRACE = 5.0  # seconds after --drain-timeout before stuck shards are killed
-ROOM_LINGER = 5.0  # seconds an emptied room stays with its shard before it may move
 RETURN_GRACE = 5.0  # seconds past the reconnect window a roll waits for players to be back
+RETURN_QUIET = 1.0  # ...but no longer than this (+ the reconnect hint) once returns stop
+EXPIRY_SWEEP = 0.5  # placements and lingering rooms are released up to this late, in batches
 
 
 class ShardHandle:
@@ -71,6 +83,7 @@ class ShardHandle:
         process: trio.Process,
         control: trio.SocketStream,
         handoff: trio.socket.SocketType,
+        relay: RelayQueue,
     ) -> None:
         self.index = index
         self.generation = generation
@@ -85,29 +98,18 @@ class ShardHandle:
         self.ready = trio.Event()
         self.exited = trio.Event()
         self.drained: Drained | None = None
-        self.dropped_relays = 0
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes](RELAY_QUEUE)
+        self.relay = relay  # frames to the shard: control never dropped, broadcasts bounded
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def send_frame(self, frame: bytes) -> None:
-        try:
-            self._out_send.send_nowait(frame)
-        except trio.WouldBlock:
-            self.dropped_relays += 1
-            if self.dropped_relays == 1 or self.dropped_relays % 1000 == 0:
-                log("relay_dropped", shard=self.index, pid=self.pid, total=self.dropped_relays)
-        except trio.ClosedResourceError:
-            pass
+        """A control frame (not a broadcast): never dropped, never behind a catch-up."""
+        self.relay.control(frame)
 
     async def writer(self) -> None:
-        async for frame in self._out_recv:
-            try:
-                await self.control.send_all(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+        await self.relay.write(self.control)
 
 
 class Supervisor:
@@ -127,18 +129,37 @@ class Supervisor:
         self._surrenders: dict[int, _Reply] = {}
         self._next_request = 0
         self._returned = trio.Event()
-        self._evacuated = 0
-        self._released: dict[str, int] = {}
+        self._last_return = 0.0  # when a player moved by the current roll step last resumed
+        self._handover: Handover | None = None  # the roll step in progress
         self.metrics = metrics.Metrics()  # exited shards' counters: /metrics never go back
         # session -> (generation that checkpointed it, snapshot): what survives a crash
-        self.checkpoints: dict[
-            str, tuple[int, SessionSnapshot]
-        ] = {}  # room -> generation that released it, lingering
+        # session -> (generation, snapshot, the bodies of the batch it came in)
+        self.checkpoints: dict[str, tuple[int, SessionSnapshot, list[bytes]]] = {}
+        # Rooms placed and not yet hosted, or released and lingering: one deadline heap.
+        timeout = config.placement_timeout
+        self.placements = RoomPlacements(
+            self.directory,
+            timeout=config.handshake_timeout + PLACEMENT_SLACK if timeout is None else timeout,
+            max_pending=config.max_pending_rooms_per_address,
+            rate=config.room_placement_rate or None,
+            burst=config.room_placement_burst,
+        )
+        self._timer_changed = trio.Event()
+        self._timer_at = math.inf  # the deadline the placement timer sleeps until
+        self.broadcast_log = BroadcastLog(config.broadcast_log_bytes)
+        self.secret_fd = -1  # sealed memfd with the token key, inherited by every shard
 
     # ================================================================== main loop
     async def run(self) -> int:
-        # Create the shared token secret before any shard races to do it.
-        load_or_create_secret(self.config.secret_file)
+        # The token key is read (or created) here, once; shards get it through an inherited
+        # sealed memfd and never open the file, so deleting or replacing the file while the
+        # service runs changes nothing until a full restart.
+        try:
+            self.secret_fd = share_secret(load_or_create_secret(self.config.secret_file))
+        except SecretFileError as exc:
+            log("secret_refused", path=exc.path, problem=exc.problem, fix=exc.fix)
+            print(f"python -m supervisor: refusing to start: {exc}", file=sys.stderr)
+            return 2
         self.sock = self._bind()
         # One connection counter per slot, shared by the shards for load-aware accepting.
         self.load_table, self.load_fd = LoadTable.create(self.config.shards)
@@ -152,6 +173,7 @@ class Supervisor:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._signal_loop, sigs)
+                    nursery.start_soon(self._placement_timer)
                     nursery.start_soon(
                         control_socket.serve, control_sock, self.status, self.request_reload
                     )
@@ -178,6 +200,7 @@ class Supervisor:
         finally:
             self.sock.close()
             control_sock.close()
+            os.close(self.secret_fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.config.control_socket)
         log("exit", pid=os.getpid(), code=self._exit_code)
@@ -245,6 +268,8 @@ class Supervisor:
                     "connections": load.connections if load else 0,
                     "sessions": load.sessions if load else 0,
                     "rooms": load.rooms if load else 0,
+                    "relay_queued_bytes": handle.relay.queued_bytes,
+                    "relay_catching_up": handle.relay.cursor is not None,
                     "uptime_s": round(now - handle.started_at, 1),
                 }
             )
@@ -255,6 +280,15 @@ class Supervisor:
             "stopping": self.stopping,
             "uptime_s": round(now - self.started_at, 1),
             "checkpointed_sessions": len(self.checkpoints),
+            "rooms_placed": sum(
+                self.directory.room_count(h.generation) for h in self.processes.values()
+            ),
+            "rooms_pending": self.placements.pending,
+            "broadcast_log": {
+                "first": self.broadcast_log.first,
+                "last": self.broadcast_log.last,
+                "bytes": self.broadcast_log.bytes,
+            },
             "shards": shards,
         }
 
@@ -289,6 +323,10 @@ class Supervisor:
             self.rolling = False
 
     async def _replace(self, index: int) -> bool:
+        """One step of a roll: a fresh replacement for slot ``index``, the old shard's
+        units handed over to it (``supervisor.handover``), its players back. False - with
+        the old shard still serving - when the replacement fails or the hand-off cannot
+        complete."""
         old = self.shards.get(index)
         step_started = trio.current_time()
         new = await self._spawn(index, install=False)
@@ -303,7 +341,14 @@ class Supervisor:
             return True
         old.draining = True
         self._returning.clear()
-        self._evacuated = 0
+        handover = self._handover = Handover(
+            old,
+            new,
+            self.directory,
+            self.config.fetch_timeout,
+            self._keep_checkpoint,
+            self._returning,
+        )
         window = self.config.reconnect_window_ms
         old.send_frame(
             encode_frame(
@@ -317,29 +362,64 @@ class Supervisor:
             )
         )
         ok = True
-        with trio.move_on_after(self.config.drain_timeout + KILL_GRACE):
-            await old.exited.wait()
+        try:
+            with trio.move_on_after(self.config.drain_timeout + KILL_GRACE):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(handover.watch)
+                    nursery.start_soon(_set_when, old.exited, nursery.cancel_scope)
+                    nursery.start_soon(_set_when, handover.failed_event, nursery.cancel_scope)
+        finally:
+            self._handover = None
+        if handover.failed is not None:
+            # The old shard keeps serving what it still holds; the replacement goes.
+            self.shards[index] = old
+            old.draining = False
+            log("replacement_killed", shard=index, pid=new.pid, reason=handover.failed)
+            new.process.kill()
+            return False
         if not old.exited.is_set():
             log("drain_timeout", shard=index, pid=old.pid)
             old.process.kill()
             await old.exited.wait()
             ok = False
-        # Wait for the moved players to be back before touching the next shard, so at
-        # most one shard's players are ever reconnecting at a time.
-        with trio.move_on_after((self.config.reconnect_after_ms + window) / 1000 + RETURN_GRACE):
-            while self._returning:
-                self._returned = trio.Event()
-                await self._returned.wait()
+        ended = await self._await_returns()
         log(
             "roll_step",
             shard=index,
             old_pid=old.pid,
             new_pid=new.pid,
-            evacuated=self._evacuated,
+            evacuated=handover.evacuated,
             not_back=len(self._returning),
+            ended=ended,
             duration_s=trio.current_time() - step_started,
         )
         return ok
+
+    async def _await_returns(self) -> str:
+        """Wait for the players a roll step moved to resume, so that at most one shard's
+        players are ever reconnecting at a time. The step ends when they are all back
+        (``all_back``), or when none has come back for ``RETURN_QUIET`` seconds plus the
+        reconnect hint since the old shard finished or the last one returned
+        (``returns_stopped``: clients that do not resume, like the field report's, do not
+        hold the roll up), and at most ``--roll-return-timeout`` (``timeout``)."""
+        config = self.config
+        limit = config.roll_return_timeout
+        if limit is None:
+            limit = (config.reconnect_after_ms + config.reconnect_window_ms) / 1000 + RETURN_GRACE
+        deadline = trio.current_time() + limit
+        quiet = RETURN_QUIET + config.reconnect_after_ms / 1000
+        self._last_return = max(self._last_return, trio.current_time())
+        while self._returning:
+            until = min(deadline, self._last_return + quiet)
+            if trio.current_time() >= until:
+                return "timeout" if until == deadline else "returns_stopped"
+            with trio.move_on_at(until):
+                self._returned = trio.Event()
+                await self._returned.wait()
+        return "all_back"
+
+    def _keep_checkpoint(self, generation: int, snap: SessionSnapshot, bodies: list[bytes]) -> None:
+        self.checkpoints[snap.id] = (generation, snap, bodies)
 
     def _kill_remaining(self, why: str) -> None:
         for handle in list(self.processes.values()):
@@ -420,6 +500,8 @@ class Supervisor:
             str(handoff_child.fileno()),
             "--load-fd",
             str(self.load_fd),
+            "--secret-fd",
+            str(self.secret_fd),
         ]
         try:
             process = await trio.lowlevel.open_process(
@@ -429,6 +511,7 @@ class Supervisor:
                     child_end.fileno(),
                     handoff_child.fileno(),
                     self.load_fd,
+                    self.secret_fd,
                 ),
                 stdin=subprocess.DEVNULL,
             )
@@ -437,7 +520,13 @@ class Supervisor:
             handoff_child.close()
         control = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
         handoff = trio.socket.from_stdlib_socket(handoff_parent)
-        handle = ShardHandle(index, generation, process, control, handoff)
+        relay = RelayQueue(
+            self.broadcast_log,
+            self.config.relay_budget_bytes,
+            index,
+            on_gap=lambda first, last: self.metrics.count_gap(index, first, last),
+        )
+        handle = ShardHandle(index, generation, process, control, handoff, relay)
         self.processes[generation] = handle
         if install:
             self.shards[index] = handle
@@ -464,6 +553,7 @@ class Supervisor:
             )
             self._nursery.start_soon(self._forget_orphans, handle.generation)
         handle.exited.set()
+        handle.relay.close()
         handle.handoff.close()
         with trio.move_on_after(1):
             await handle.control.aclose()
@@ -500,7 +590,12 @@ class Supervisor:
                 continue
             fd = fds[0]
             try:
-                target = self._route_target(origin, note) if note is not None else None
+                try:
+                    target = self._route_target(origin, note, fd) if note is not None else None
+                except PlacementRefused as refused:
+                    assert note is not None
+                    self._refuse_room(fd, note, refused)
+                    continue
                 if target is None:
                     log("route_dropped", origin=origin.index, reason="no live shard")
                     continue
@@ -516,16 +611,22 @@ class Supervisor:
             finally:
                 os.close(fd)  # the target has its own copy now (or nobody needs it)
 
-    def _route_target(self, origin: ShardHandle, note: PassConnection) -> ShardHandle | None:
+    def _route_target(
+        self, origin: ShardHandle, note: PassConnection, fd: int = -1
+    ) -> ShardHandle | None:
+        """The shard to serve ``note``'s connection; placing a new room costs O(shards +
+        log rooms) and raises ``PlacementRefused`` when the client's address is over a cap."""
         if note.room is not None:
             owner = self._live(self.directory.room_owner(note.room))
             if owner is None:
                 owner = self._least_loaded()
                 if owner is None:
                     return None
-                self.directory.claim_room(note.room, owner.generation)
+                peer = note.peer or _peer_host(fd)
+                self.placements.place(note.room, owner.generation, peer, trio.current_time())
+                self._placements_changed()
                 owner.placed_since_load += 1
-                log("room_placed", room=note.room, shard=owner.index)
+                log("room_placed", room=note.room, shard=owner.index, peer=peer)
             return owner
         if note.session is not None:
             holder = self._live(self.directory.owner_of(note.session))
@@ -551,61 +652,69 @@ class Supervisor:
             return None
 
         def load(h: ShardHandle) -> tuple[int, int, int]:
-            rooms = len(self.directory.rooms_of(h.generation))
+            rooms = self.directory.room_count(h.generation)  # O(1): never sort on this path
             conns = h.load.connections if h.load else 0
             return (conns + h.placed_since_load, rooms, h.index)
 
         return min(live, key=load)
 
-    async def _release_room_later(self, room: str, generation: int) -> None:
-        await trio.sleep(ROOM_LINGER)
-        if self._released.get(room) == generation:
-            del self._released[room]
-            self.directory.release_room(room, generation)
-
-    def _adopt_elsewhere(self, origin: ShardHandle, evacuate: Evacuate) -> None:
-        """A draining shard gives up a room or a batch of lobby sessions: pick a sibling,
-        update the directory, and send it everything (it arrives before any resume does:
-        the resume's fetch or fd follows on the same control channel or after it)."""
-        # The shard's own replacement is fresh and empty: everything goes there, nothing
-        # moves twice in one roll, and the balance between slots is kept.
-        target = self.shards.get(origin.index)
-        if target is origin or target is None or self._live(target.generation) is not target:
-            target = self._least_loaded(exclude=origin)
-        if target is None:
+    def _refuse_room(self, fd: int, note: PassConnection, refused: PlacementRefused) -> None:
+        """Over a per-address cap: answer 503 + Retry-After: 1 on the fd (nonblocking: the
+        small answer fits an empty send buffer) and end it with a FIN. Logged for the 1st,
+        10th, 100th... refusal of an address, counted always."""
+        self.metrics.count(f"room_refused|{refused.reason}")
+        if str(refused.refused).rstrip("0") == "1":  # 1st, 10th, 100th...: a flood, few lines
             log(
-                "evacuate_failed",
-                shard=origin.index,
-                room=evacuate.room,
-                sessions=len(evacuate.sessions),
-                reason="no live sibling",
+                "room_refused",
+                reason=refused.reason,
+                peer=refused.address,
+                room=note.room,
+                refused=refused.refused,
             )
-            return
-        if evacuate.room is not None:
-            self.directory.claim_room(evacuate.room, target.generation)
-            target.placed_since_load += 1
-        for snap in evacuate.sessions:
-            self.directory.move(snap.id, target.generation)
-            self._returning.add(snap.id)
-        self._evacuated += len(evacuate.sessions)
-        target.send_frame(
-            encode_frame(
-                Adopt(
-                    room=evacuate.room,
-                    app_state=evacuate.app_state,
-                    sessions=evacuate.sessions,
-                    applied_bseq=evacuate.applied_bseq,
+        sock = socket.socket(fileno=fd)
+        try:
+            with contextlib.suppress(OSError):
+                # Read what the origin only peeked: unread bytes at close() send a RST,
+                # which can destroy the answer before the client reads it.
+                for _ in range(8):
+                    if not sock.recv(65536, socket.MSG_DONTWAIT):
+                        break
+            answer = http_error(503, f"too many new rooms from your address ({refused.reason})")
+            with contextlib.suppress(OSError):
+                sock.send(answer, socket.MSG_DONTWAIT)
+                sock.shutdown(socket.SHUT_WR)
+        finally:
+            sock.detach()  # the caller closes fd
+
+    def _placements_changed(self) -> None:
+        next_deadline = self.placements.next_deadline()
+        if next_deadline is not None and next_deadline < self._timer_at:
+            self._timer_changed.set()
+
+    async def _placement_timer(self) -> None:
+        """Release placements never confirmed by their owner (the client left before its
+        handshake) and rooms whose linger ran out, at their deadlines (one heap), swept at
+        most every EXPIRY_SWEEP seconds: a flood is a couple of log lines a second."""
+        while True:
+            self._timer_changed = trio.Event()
+            deadline = self.placements.next_deadline()
+            self._timer_at = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._timer_at):
+                await self._timer_changed.wait()
+            if self._timer_at > trio.current_time():
+                continue  # woken for an earlier deadline: sleep until that one
+            expired = self.placements.expire(trio.current_time())
+            if expired:
+                self.metrics.count("room_placement_expired", len(expired))
+                log(
+                    "room_placements_expired",
+                    count=len(expired),
+                    released=sum(e.released for e in expired),
+                    pending=self.placements.pending,
+                    example_room=expired[0].room,
+                    example_peer=expired[0].address,
                 )
-            )
-        )
-        log(
-            "evacuated",
-            room=evacuate.room,
-            sessions=len(evacuate.sessions),
-            from_shard=origin.index,
-            to_shard=target.index,
-            to_pid=target.pid,
-        )
+            await trio.sleep(EXPIRY_SWEEP)
 
     async def _route_fetch(self, requester: ShardHandle, fetch: Fetch) -> None:
         """A client resumes on ``requester``: take the session from its holder.
@@ -617,7 +726,7 @@ class Supervisor:
         try:
             async with lock:
                 answer = await self._surrender_from_holder(requester, fetch)
-                if answer.snapshot is not None:
+                if answer.batch is not None:
                     self.directory.move(fetch.session, requester.generation)
                 requester.send_frame(
                     encode_frame(msgspec.structs.replace(answer, request=fetch.request))
@@ -626,7 +735,7 @@ class Supervisor:
                     "handoff",
                     session=fetch.session,
                     to_shard=requester.index,
-                    ok=answer.snapshot is not None,
+                    ok=answer.batch is not None,
                     error=answer.error,
                 )
         finally:
@@ -636,7 +745,7 @@ class Supervisor:
     async def _forget_orphans(self, generation: int) -> None:
         """Checkpoints of a dead shard are worth keeping for one grace window."""
         await trio.sleep(self.config.grace)
-        for sid in [s for s, (gen, _) in self.checkpoints.items() if gen == generation]:
+        for sid in [s for s, entry in self.checkpoints.items() if entry[0] == generation]:
             del self.checkpoints[sid]
 
     def _from_checkpoint(self, fetch: Fetch) -> Handoff | None:
@@ -645,20 +754,18 @@ class Supervisor:
         if entry is None or entry[0] in self.processes:
             return None
         del self.checkpoints[fetch.session]
+        generation, snap, bodies = entry
         log(
             "session_recovered",
             session=fetch.session,
-            from_generation=entry[0],
-            last_seq=entry[1].last_seq,
+            from_generation=generation,
+            last_seq=snap.last_seq,
         )
-        return Handoff(
-            request=fetch.request, session=fetch.session, snapshot=entry[1], recovered=True
-        )
+        (batch,) = pack([Session.restore(snap, bodies)], FRAME_BUDGET)
+        return Handoff(request=fetch.request, session=fetch.session, batch=batch, recovered=True)
 
     async def _surrender_from_holder(self, requester: ShardHandle, fetch: Fetch) -> Handoff:
-        refused = Handoff(
-            request=fetch.request, session=fetch.session, snapshot=None, error="expired"
-        )
+        refused = Handoff(request=fetch.request, session=fetch.session, batch=None, error="expired")
         owner = self.directory.owner_of(fetch.session)
         holder = self.processes.get(owner) if owner is not None else None
         if holder is None or holder.exited.is_set():
@@ -686,21 +793,20 @@ class Supervisor:
             handle.ready.set()
         elif isinstance(message, Broadcast):
             self.bseq += 1
-            frame = encode_frame(
-                Broadcast(origin=message.origin, message=message.message, bseq=self.bseq)
-            )
+            frame = encode_frame(msgspec.structs.replace(message, bseq=self.bseq))
+            self.broadcast_log.append(self.bseq, frame)
             for other in self.processes.values():
                 if other.ready.is_set() and not other.exited.is_set():
-                    other.send_frame(frame)
+                    other.relay.broadcast(self.bseq, frame)
         elif isinstance(message, Claim):
             self.directory.claim(message.session, handle.generation)
         elif isinstance(message, Release):
             self.directory.release(message.session, handle.generation)
             self.checkpoints.pop(message.session, None)
         elif isinstance(message, Checkpoint):
-            for snap in message.sessions:
+            for snap in message.batch.sessions:
                 if self.directory.owner_of(snap.id) == handle.generation:
-                    self.checkpoints[snap.id] = (handle.generation, snap)
+                    self.checkpoints[snap.id] = (handle.generation, snap, message.batch.bodies)
         elif isinstance(message, Load):
             handle.load = message
             handle.placed_since_load = 0
@@ -710,17 +816,27 @@ class Supervisor:
                 self.directory.claim_room(message.room, handle.generation)
             else:
                 log("room_conflict", room=message.room, shard=handle.index, owner_shard=owner.index)
-            self._released.pop(message.room, None)
+            self.placements.hosted(message.room, handle.generation)
         elif isinstance(message, RoomReleased):
             # Linger before forgetting the owner: a connection for this room may be in
             # flight to that shard, which will host it again (RoomHosted cancels this).
-            self._released[message.room] = handle.generation
-            self._nursery.start_soon(self._release_room_later, message.room, handle.generation)
+            self.placements.released(message.room, handle.generation, trio.current_time())
+            self._placements_changed()
         elif isinstance(message, Evacuate):
-            self._adopt_elsewhere(handle, message)
+            handover = self._handover
+            if handover is not None and handle is handover.old:
+                handover.on_evacuate(message)
+            else:
+                log("evacuate_unexpected", shard=handle.index, pid=handle.pid, unit=message.unit)
+                handle.send_frame(encode_frame(Evacuated(unit=message.unit, ok=False)))
+        elif isinstance(message, Adopted):
+            handover = self._handover
+            if handover is not None and handle is handover.new:
+                handover.on_adopted(message)
         elif isinstance(message, SessionResumed):
             if message.session in self._returning:
                 self._returning.discard(message.session)
+                self._last_return = trio.current_time()
                 self._returned.set()
         elif isinstance(message, Fetch):
             self._nursery.start_soon(self._route_fetch, handle, message)
@@ -749,6 +865,19 @@ class _Reply:
     def set(self, value: Handoff) -> None:
         self.value = value
         self.done.set()
+
+
+def _peer_host(fd: int) -> str:
+    """The client's host for a connection fd ("" if unknown, e.g. it already reset)."""
+    if fd < 0:
+        return ""
+    sock = socket.socket(fileno=fd)
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return ""
+    finally:
+        sock.detach()
 
 
 async def _ready_or_exited(handle: ShardHandle, timeout: float) -> None:

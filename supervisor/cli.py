@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.config import ServerConfig
+from core.config import MAX_REPLAY_BYTES, ServerConfig
 from core.heartbeat import DEFAULT_PRESET, PRESETS, resolve
 
 DESCRIPTION = """\
@@ -101,16 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.max_message_size,
         metavar="BYTES",
         help=f"largest client message; bigger closes 1009 (default "
-        f"{d.max_message_size}). Memory per connection can reach "
-        f"message-queue x this",
+        f"{d.max_message_size}). A connection buffers at most one partial message",
     )
     p.add_argument(
-        "--max-outbound-queue",
+        "--max-outbound-bytes",
         type=int,
-        default=d.max_outbound_queue,
-        metavar="N",
-        help=f"frames queued per client before it is dropped 1008 as a slow "
-        f"consumer (default {d.max_outbound_queue})",
+        default=d.max_outbound_bytes,
+        metavar="BYTES",
+        help=f"bytes queued for one client that the kernel would not take yet; past it "
+        f"the client is a slow consumer, closed 1008 (default {d.max_outbound_bytes})",
     )
     p.add_argument(
         "--handshake-timeout",
@@ -140,8 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--secret-file",
         default=d.secret_file,
         metavar="PATH",
-        help=f"HMAC secret for resume tokens, shared by all shards; created (0600) if "
-        f"absent (default {d.secret_file})",
+        help=f"HMAC key for resume tokens (default {d.secret_file}); created (0600) if "
+        f"absent; read once by the supervisor and handed to every shard through an "
+        f"inherited fd, so a replacement shard always has the same key. The supervisor "
+        f"refuses to start (exit 2) if it is a symlink, not a regular file, not yours, or "
+        f"has any group/other permission",
     )
     p.add_argument(
         "--turn-seconds",
@@ -228,8 +230,151 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.metrics_port,
         metavar="P",
-        help="serve /metrics (Prometheus text) and /status (JSON) on --host:P "
+        help="serve /metrics (Prometheus text) and /status (JSON) on --metrics-host:P "
         "(0 = any free port, logged as metrics_ready; default: off)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=d.metrics_host,
+        metavar="H",
+        help=f"address the metrics server binds (default {d.metrics_host}, whatever --host "
+        f"is: /metrics and /status have no authentication and show pids and counters)",
+    )
+    p.add_argument(
+        "--max-pending-rooms-per-address",
+        type=int,
+        default=d.max_pending_rooms_per_address,
+        metavar="N",
+        help=f"new rooms one client address may have placed on a shard and not yet "
+        f"joined (handshake in flight); one more gets HTTP 503 + Retry-After: 1 (default "
+        f"{d.max_pending_rooms_per_address}; 0 = no cap). IPv6 counts per /64; the table "
+        f"holds the 16,384 most recently seen addresses (~200 bytes each)",
+    )
+    p.add_argument(
+        "--room-placement-rate",
+        type=float,
+        default=d.room_placement_rate,
+        metavar="PER_S",
+        help=f"new rooms one client address may create per second on average (default "
+        f"{d.room_placement_rate:g}; 0 = no limit); faster gets HTTP 503 + Retry-After: 1. "
+        f"Joining an existing room is not limited",
+    )
+    p.add_argument(
+        "--room-placement-burst",
+        type=_positive,
+        default=d.room_placement_burst,
+        metavar="N",
+        help=f"new rooms one client address may create at once above the rate (default "
+        f"{d.room_placement_burst:g})",
+    )
+    p.add_argument(
+        "--placement-timeout",
+        type=_positive,
+        default=d.placement_timeout,
+        metavar="S",
+        help="seconds a new room's placement waits for its shard to host it before it is "
+        "released (the client left before its handshake); default --handshake-timeout + 5. "
+        "Below the handshake timeout a slow client's room could be placed twice",
+    )
+    p.add_argument(
+        "--relay-budget-bytes",
+        type=int,
+        default=d.relay_budget_bytes,
+        metavar="BYTES",
+        help=f"control frames queued to one shard before broadcasts to it are deferred; a "
+        f"deferred shard catches up from the broadcast log, in order, once its queue has "
+        f"drained (default {d.relay_budget_bytes} = 16 MiB: memory per stuck shard)",
+    )
+    p.add_argument(
+        "--broadcast-log-bytes",
+        type=int,
+        default=d.broadcast_log_bytes,
+        metavar="BYTES",
+        help=f"recent broadcasts the supervisor keeps for shards that fell behind (default "
+        f"{d.broadcast_log_bytes} = 32 MiB of supervisor memory); a shard further behind "
+        f"gets a BroadcastGap and its players a replay_gap",
+    )
+    p.add_argument(
+        "--max-pending-handshakes",
+        type=int,
+        default=d.max_pending_handshakes,
+        metavar="N",
+        help=f"connections per shard still reading their request head; more get HTTP 503 at "
+        f"once (default {d.max_pending_handshakes}; each holds an fd and up to 8 KiB)",
+    )
+    p.add_argument(
+        "--max-say-bytes",
+        type=int,
+        default=d.max_say_bytes,
+        metavar="BYTES",
+        help=f"longest say text in UTF-8 bytes; it is copied to every session, longer says get "
+        f"an error reply (default {d.max_say_bytes})",
+    )
+    p.add_argument(
+        "--replay-buffer-bytes",
+        type=int,
+        default=d.replay_buffer_bytes,
+        metavar="BYTES",
+        help=f"message bytes kept per session for replay, besides --replay-buffer's count "
+        f"(default {d.replay_buffer_bytes} = 256 KiB; at most {MAX_REPLAY_BYTES}: a session must "
+        f"fit one control frame when it moves)",
+    )
+    p.add_argument(
+        "--max-away-sessions",
+        type=int,
+        default=d.max_away_sessions,
+        metavar="N",
+        help=f"away sessions (grace running) per shard; past it the oldest ends at once "
+        f"(default {d.max_away_sessions}; each holds up to --replay-buffer-bytes)",
+    )
+    p.add_argument(
+        "--max-away-per-address",
+        type=int,
+        default=d.max_away_per_address,
+        metavar="N",
+        help=f"away sessions per client address (per shard); past it that address's oldest "
+        f"ends at once (default {d.max_away_per_address})",
+    )
+    p.add_argument(
+        "--broadcast-rate",
+        type=_positive,
+        default=d.broadcast_rate,
+        metavar="PER_S",
+        help=f"broadcasts (says) clients may trigger per second per shard; more are refused "
+        f"with an error to the sender (default {d.broadcast_rate:g})",
+    )
+    p.add_argument(
+        "--broadcast-burst",
+        type=_positive,
+        default=d.broadcast_burst,
+        metavar="N",
+        help=f"broadcasts a shard may let through at once above the rate (default "
+        f"{d.broadcast_burst:g})",
+    )
+    p.add_argument(
+        "--fetch-timeout",
+        type=_positive,
+        default=d.fetch_timeout,
+        metavar="S",
+        help=f"seconds to get a session from another shard on resume, and for a roll's "
+        f"replacement to take each unit before the roll aborts (default {d.fetch_timeout:g})",
+    )
+    p.add_argument(
+        "--close-timeout",
+        type=_positive,
+        default=d.close_timeout,
+        metavar="S",
+        help=f"seconds a closing connection waits for the client's close frame before the "
+        f"TCP connection is dropped (default {d.close_timeout:g})",
+    )
+    p.add_argument(
+        "--roll-return-timeout",
+        type=_positive,
+        default=d.roll_return_timeout,
+        metavar="S",
+        help="longest a rolling restart waits for one shard's players to resume before the "
+        "next shard; it moves on sooner once returns stop arriving (default: reconnect "
+        "window + reconnect hint + 5 s)",
     )
     p.add_argument(
         "--no-gc-tuning",
@@ -248,6 +393,24 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         parser.error("--replay-buffer must be at least 1")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         parser.error("--metrics-port must be 0-65535")
+    if args.max_pending_rooms_per_address < 0:
+        parser.error("--max-pending-rooms-per-address must be >= 0")
+    if args.room_placement_rate < 0:
+        parser.error("--room-placement-rate must be >= 0")
+    if args.placement_timeout is not None and args.placement_timeout < args.handshake_timeout:
+        parser.error("--placement-timeout must be at least --handshake-timeout")
+    if not 1 <= args.replay_buffer_bytes <= MAX_REPLAY_BYTES:
+        parser.error(f"--replay-buffer-bytes must be 1-{MAX_REPLAY_BYTES}")
+    for name in (
+        "max_pending_handshakes",
+        "max_say_bytes",
+        "max_away_sessions",
+        "max_away_per_address",
+    ):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.relay_budget_bytes < 1 or args.broadcast_log_bytes < 1:
+        parser.error("--relay-budget-bytes and --broadcast-log-bytes must be at least 1")
     policy = resolve(args.heartbeat, args.heartbeat_interval, args.heartbeat_timeout)
     return ServerConfig(
         host=args.host,
@@ -259,7 +422,7 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         drain_timeout=args.drain_timeout,
         reconnect_after_ms=args.reconnect_after_ms,
         max_message_size=args.max_message_size,
-        max_outbound_queue=args.max_outbound_queue,
+        max_outbound_bytes=args.max_outbound_bytes,
         handshake_timeout=args.handshake_timeout,
         grace=args.grace,
         replay_buffer=args.replay_buffer,
@@ -277,4 +440,21 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         reconnect_window_ms=args.reconnect_window_ms,
         gc_tuning=not args.no_gc_tuning,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        max_pending_rooms_per_address=args.max_pending_rooms_per_address,
+        room_placement_rate=args.room_placement_rate,
+        room_placement_burst=args.room_placement_burst,
+        placement_timeout=args.placement_timeout,
+        relay_budget_bytes=args.relay_budget_bytes,
+        broadcast_log_bytes=args.broadcast_log_bytes,
+        max_pending_handshakes=args.max_pending_handshakes,
+        max_say_bytes=args.max_say_bytes,
+        replay_buffer_bytes=args.replay_buffer_bytes,
+        max_away_sessions=args.max_away_sessions,
+        max_away_per_address=args.max_away_per_address,
+        broadcast_rate=args.broadcast_rate,
+        broadcast_burst=args.broadcast_burst,
+        fetch_timeout=args.fetch_timeout,
+        close_timeout=args.close_timeout,
+        roll_return_timeout=args.roll_return_timeout,
     )

@@ -7,6 +7,7 @@ pid the test started (the supervisor and each shard it reported) is killed in a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -367,3 +368,154 @@ class Closed(Exception):
 
 def resume_path(welcome: dict[str, Any], last_seq: int, path: str = "/") -> str:
     return f"{path}?resume={welcome['token']}&last_seq={last_seq}"
+
+
+class WireClient:
+    """A WebSocket client on a bare socket built on the server's own frame codec
+    (``core.ws_codec``), for tests where the bytes on the wire are the point: it sends
+    any bytes (malformed frames included) and reports exactly what came back - the
+    frames, the close frame's code, and whether the TCP connection ended after it."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        from core.ws_codec import FrameDecoder, FrameEncoder
+
+        self.stream = stream
+        self.decoder = FrameDecoder(client_side=True, max_message_size=0)
+        self.encoder = FrameEncoder(mask=True)
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.eof = False
+        self._events: list[tuple[int, Any]] = []
+
+    @classmethod
+    async def connect(
+        cls, port: int, path: str = "/", host: str = "127.0.0.1", welcome: bool = True
+    ) -> tuple[WireClient, dict[str, Any] | None]:
+        stream = await trio.open_tcp_stream(host, port)
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await stream.send_all(request.encode())
+        head = b""
+        with trio.fail_after(10):
+            while b"\r\n\r\n" not in head:
+                chunk = await stream.receive_some(65536)
+                assert chunk, f"closed during the handshake: {head!r}"
+                head += chunk
+        status, _, rest = head.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 101"), status
+        client = cls(stream)
+        if rest:
+            client._events.extend(client.decoder.feed(rest))
+        first = await client.receive_json() if welcome else None
+        if first is not None:
+            assert first["type"] == "welcome", first
+        return client, first
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        from core.ws_codec import OP_TEXT
+
+        await self.stream.send_all(self.encoder.frame(OP_TEXT, json.dumps(message).encode()))
+
+    async def next_frame(self, timeout: float = 10.0) -> tuple[int, Any]:
+        """The next frame (pings answered); raises ``Closed`` at the server's close frame
+        (``eof`` tells whether the TCP connection then ended) or at a bare EOF (1006)."""
+        from core.ws_codec import OP_CLOSE, OP_PING, OP_PONG, VIOLATION
+
+        with trio.fail_after(timeout):
+            while True:
+                while self._events:
+                    kind, value = self._events.pop(0)
+                    if kind == OP_PING:
+                        await self.stream.send_all(self.encoder.frame(OP_PONG, value))
+                        continue
+                    if kind == OP_CLOSE:
+                        self.close_code, self.close_reason = value
+                        await self._until_eof()
+                        raise Closed(self.close_code, self.close_reason)
+                    if kind == VIOLATION:
+                        raise AssertionError(f"the server broke the protocol: {value}")
+                    return kind, value
+                try:
+                    data = await self.stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    data = b""
+                if not data:
+                    self.eof = True
+                    raise Closed(1006, "connection ended without a close frame")
+                self._events.extend(self.decoder.feed(data))
+
+    async def _until_eof(self) -> None:
+        """After the server's close frame: answer it, then expect the server's FIN."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.send_all(self.encoder.close(self.close_code or 1000))
+        with trio.move_on_after(5):
+            try:
+                while await self.stream.receive_some(65536):
+                    pass
+                self.eof = True
+            except trio.BrokenResourceError:
+                self.eof = True
+        await self.stream.aclose()  # as a browser does once the server has closed
+
+    async def receive_json(self, timeout: float = 10.0) -> dict[str, Any]:
+        _kind, payload = await self.next_frame(timeout)
+        return json.loads(payload)
+
+    async def receive_until(
+        self, type_: str, timeout: float = 10.0, **match: Any
+    ) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                message = await self.receive_json()
+                if message["type"] == type_ and all(message.get(k) == v for k, v in match.items()):
+                    return message
+
+    async def closed_with(self, timeout: float = 10.0) -> int:
+        """Read until the server closes; its close code (1006 when there was none)."""
+        try:
+            while True:
+                await self.next_frame(timeout)
+        except Closed as closed:
+            return closed.code
+
+    async def echo(self, data: Any, timeout: float = 5.0) -> dict[str, Any]:
+        """One echo round trip (skipping other traffic, e.g. says)."""
+        await self.send_json({"type": "echo", "data": data})
+        return await self.receive_until("echo", timeout, data=data)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.send_all(self.encoder.close(1000))
+        await self.stream.aclose()
+
+
+@asynccontextmanager
+async def bystander(port: int, path: str = "/", every: float = 0.05) -> AsyncIterator[list[float]]:
+    """A well-behaved player on the same server that echoes every ``every`` seconds while
+    the block runs; each round trip must come back within 5 s. Yields the round trips;
+    on exit asserts there were some and the connection stayed open throughout."""
+    client, _ = await WireClient.connect(port, path)
+    rtts: list[float] = []
+
+    async def loop() -> None:
+        n = 0
+        while True:
+            n += 1
+            started = trio.current_time()
+            await client.echo(f"bystander-{n}")
+            rtts.append(trio.current_time() - started)
+            await trio.sleep(every)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loop)
+        yield rtts
+        nursery.cancel_scope.cancel()
+    assert rtts, "the bystander never got an echo back"
+    await client.echo("still here")
+    await client.aclose()

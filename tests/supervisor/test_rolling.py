@@ -115,7 +115,7 @@ async def test_a_replacement_that_crashes_at_start_aborts_the_roll_and_keeps_fou
     marker = app_dir / "broken"
     (app_dir / "deployable.py").write_text(
         "import pathlib\n"
-        "from shards.app import DemoApp\n"
+        "from shards.demo import DemoApp\n"
         f"if pathlib.Path({str(marker)!r}).exists():\n"
         "    raise RuntimeError('this deploy is broken')\n"
         "App = DemoApp\n"
