@@ -1,5 +1,6 @@
-"""Build hook: cythonize ``core/*.pyx`` - the heartbeat wheel and the WebSocket frame codec
-(both ``pip install .`` and ``pip install -e .``)."""
+"""Build hook: cythonize the native parts - the heartbeat wheel and the WebSocket frame codec
+(``core/``, sans-I/O) and the shard's reactor (``shards/``) - for both ``pip install .``
+and ``pip install -e .``."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -7,6 +8,7 @@ from setuptools import Extension, setup
 extensions = [
     Extension("core.heartbeat_wheel", ["core/heartbeat_wheel.pyx"], extra_compile_args=["-O2"]),
     Extension("core.ws_codec", ["core/ws_codec.pyx"], extra_compile_args=["-O2"]),
+    Extension("shards.reactor", ["shards/reactor.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(

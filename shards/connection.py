@@ -16,9 +16,10 @@ Each connection has one trio task for what is not per-message (``Connections.ser
 
 Every frame in between is the reactor's (``shards.reactor``): it calls the connection's
 handler - ``SessionConnection.on_data`` (the per-message rules of ``core.inbound``, then
-the app) or ``EchoConnection.on_data`` for ``--app echo``. One connection's failure - a bad
-request, a bug in routing, an exception in the app - ends that connection only: the task
-catches it, answers 400/1011, logs it once with its traceback and counts it.
+the app); with ``--app echo`` the reactor answers each frame with itself. One
+connection's failure - a bad request, a bug in routing, an exception in the app - ends
+that connection only: the task catches it, answers 400/1011, logs it once with its
+traceback and counts it.
 """
 
 from __future__ import annotations
@@ -37,11 +38,10 @@ from core.control import PassConnection
 from core.handshake import HttpError, http_response
 from core.inbound import CLOSE, DELIVER, REPLY, InboundRules
 from core.protocol import Codec, Error, ServerMessage, StreamMessage
-from core.rate_limit import TokenBucket
 from core.ws_codec import binary_frame, stamped_text_frame, text_frame
 from shards import static, stats
 from shards.log import log
-from shards.reactor import Link, LinkState, Reactor
+from shards.reactor import Link, Reactor
 from shards.routing import refuse_now
 
 if TYPE_CHECKING:
@@ -53,18 +53,6 @@ if TYPE_CHECKING:
 
 LINGER = 2.0  # seconds an HTTP refusal waits for the client to read it and close
 MAX_LINGERING = 256  # refusals lingering at once; past it a refused socket closes at once
-
-
-class EchoConnection:
-    """``--app echo``: every data frame back, verbatim (conformance, benchmarks)."""
-
-    __slots__ = ()
-
-    def on_data(self, link: Link, payload: bytes, text: bool, now: float) -> None:
-        if not link.bucket.take(now):
-            link.close(CloseCode.POLICY_VIOLATION, "message rate limit")
-            return
-        link.send(text_frame(payload) if text else binary_frame(payload))
 
 
 class SessionConnection:
@@ -90,7 +78,7 @@ class SessionConnection:
 
     @property
     def closing(self) -> bool:
-        return self.link.state is not LinkState.OPEN
+        return self.link.closing
 
     # ------------------------------------------------------------------ inbound
     def on_data(self, link: Link, payload: bytes, text: bool, now: float) -> None:
@@ -255,7 +243,7 @@ class Connections:
                 error=repr(exc)[:200],
                 traceback="".join(traceback.format_exception(exc))[-2000:],
             )
-            if link is not None and link.state is LinkState.OPEN:
+            if link is not None and not link.closing:
                 link.close(CloseCode.INTERNAL_ERROR, "server error")
                 with trio.move_on_after(self.config.close_timeout):
                     await self._until_ended(link)
@@ -357,7 +345,6 @@ class Connections:
         if host is not None:
             opened = await host.open(target.token, target.last_seq, target.room, host_of(peer))
         now = trio.current_time()
-        bucket = TokenBucket(config.max_message_rate, config.message_burst, now)
         link = Link(
             self.reactor,
             sock,
@@ -365,18 +352,20 @@ class Connections:
             max_message_size=config.max_message_size,
             # A resume queues its whole replay at once: room for it on top of the budget.
             max_out=config.max_outbound_bytes + config.replay_buffer_bytes,
-            bucket=bucket,
+            rate=config.max_message_rate,
+            burst=config.message_burst,
+            now=now,
         )
         self.links[link.slot] = link
         trio.lowlevel.notify_closing(sock)  # trio's own epoll lets go of it: the reactor's now
         if host is None:
-            link.handler = EchoConnection()
-            self.reactor.add(link)
+            self.reactor.add(link)  # no handler: the reactor echoes every frame
         else:
             assert opened is not None
             codec = self._codecs[subprotocol == handshake.MSGPACK_SUBPROTOCOL]
+            # The link is the connection's rate bucket (Link.take).
             conn = SessionConnection(
-                link, host, codec, InboundRules(codec, bucket, config.max_say_bytes), peer
+                link, host, codec, InboundRules(codec, link, config.max_say_bytes), peer
             )
             link.handler = conn
             self.handlers[link.slot] = conn
@@ -389,18 +378,18 @@ class Connections:
     async def _until_ended(self, link: Link) -> None:
         """Sleep until the link ends; a close in progress gets ``--close-timeout``."""
         await link.wakeup.wait()
-        if link.state is LinkState.ENDED:
+        if link.ended:
             return
         link.wakeup = trio.Event()
-        if link.state is LinkState.ENDED:
+        if link.ended:
             return
         with trio.move_on_after(self.config.close_timeout):
             await link.wakeup.wait()
-        if link.state is not LinkState.ENDED:
+        if not link.ended:
             link.abort(link.how or How.SERVER_CLOSED, link.reason or "close timeout")
 
     def _finish(self, link: Link) -> None:
-        if link.state is not LinkState.ENDED:
+        if not link.ended:
             # Cancelled (the shard is stopping) or failed before the end: drop it now.
             link.abort(How.SERVER_CLOSED, link.reason or "shard stopped")
         self.links.pop(link.slot, None)
