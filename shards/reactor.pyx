@@ -144,7 +144,7 @@ cdef class Link:
     cdef FrameDecoder decoder
     cdef public object handler
     cdef public int slot
-    cdef object out  # deque of bytes, or (JSON body, seq) stamped when written
+    cdef object out  # None, or a deque of bytes / (JSON body, seq) stamped when written
     cdef public Py_ssize_t out_bytes
     cdef public Py_ssize_t max_out
     cdef int _state
@@ -186,7 +186,7 @@ cdef class Link:
         self.decoder = FrameDecoder(max_message_size=max_message_size)
         self.handler = None
         self.slot = slot
-        self.out = deque()
+        self.out = None  # a deque once something waits for the kernel (most links never)
         self.out_bytes = 0
         self.max_out = max_out
         self._state = S_OPEN
@@ -256,7 +256,7 @@ cdef class Link:
                 frame = frame[sent:]
                 size -= sent
                 self.partial = True
-        self.out.append(frame)
+        self._queue(frame)
         self.out_bytes += size
         if self.out_bytes > self.max_out:
             self.overflow()
@@ -270,7 +270,7 @@ cdef class Link:
         if self._state != S_OPEN:
             return False
         stats.messages_out += 1
-        self.out.append((body, seq))
+        self._queue((body, seq))
         self.out_bytes += PyBytes_GET_SIZE(body) + C_LAZY
         if self.out_bytes > self.max_out:
             self.overflow()
@@ -304,17 +304,22 @@ cdef class Link:
             return
         self.how, self.code, self.reason = How.SERVER_CLOSED, _POLICY, "slow consumer"
         kept = self.out[0] if self.partial and self.out else None
-        self.out.clear()
+        self.out = None
         self.out_bytes = 0
         if kept is not None:
-            self.out.append(kept)
+            self._queue(kept)
             self.out_bytes = len(kept)
         self._queue_close(_POLICY, self.reason)
+
+    cdef inline _queue(self, item):
+        if self.out is None:
+            self.out = deque()
+        self.out.append(item)
 
     cdef _queue_close(self, int code, str reason):
         self._state = S_CLOSING
         frame = close_frame(code, reason)
-        self.out.append(frame)
+        self._queue(frame)
         self.out_bytes += PyBytes_GET_SIZE(frame)
         self.close_queued = True
         self.reactor.schedule(self)
@@ -422,7 +427,7 @@ cdef class Reactor:
         if self._links.get(link.fd) is link:
             del self._links[link.fd]
             epoll_ctl(self._epfd, EPOLL_CTL_DEL, link.fd, &ev)
-        link.out.clear()
+        link.out = None
         link.out_bytes = 0
         link.wakeup.set()
 
@@ -515,6 +520,7 @@ cdef class Reactor:
                 del frames[:]
                 return 0
         del frames[:]
+        link.out = None  # drained: give the deque's memory back
         if link.watching_out:
             link.watching_out = False
             self.update(link)
@@ -610,7 +616,7 @@ cdef class Reactor:
             link.how, link.code, link.reason = How.CLIENT_CLOSED, code, reason
             link._state = S_CLOSING
             reply = close_frame(_NORMAL if code == _NO_STATUS else code, "")
-            link.out.append(reply)
+            link._queue(reply)
             link.out_bytes += len(reply)
             link.close_queued = True
             self.schedule(link)
