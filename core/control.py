@@ -164,10 +164,13 @@ class Evacuated(_Control, tag="evacuated", kw_only=True):
 
 class Checkpoint(_Control, tag="checkpoint", kw_only=True):
     """Shard -> supervisor, every checkpoint interval: sessions changed since the last one
-    (their replay buffer cut to the newest messages). A shard that dies leaves these."""
+    (their replay buffer cut to the newest messages) and the ``bseq`` the shard had applied.
+    A shard that dies leaves these; its sessions are parked from them and catch up with
+    every broadcast numbered after ``applied_bseq``."""
 
     shard: int
     batch: SnapshotBatch
+    applied_bseq: int = 0
 
 
 class SessionResumed(_Control, tag="session_resumed", kw_only=True):
@@ -269,6 +272,11 @@ def encode_frame(message: ControlMessage) -> bytes:
     if len(payload) > MAX_FRAME:
         raise ControlFrameError(f"control frame of {len(payload)} bytes exceeds {MAX_FRAME}")
     return _LEN.pack(len(payload)) + payload
+
+
+def decode_frame(frame: bytes) -> ControlMessage:
+    """One whole frame from ``encode_frame`` back to its message."""
+    return _decoder.decode(memoryview(frame)[4:])
 
 
 class FrameReader:

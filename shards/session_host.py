@@ -625,7 +625,7 @@ class SessionHost:
         for gone in [sid for sid in self._checkpointed if sid not in self.sessions]:
             del self._checkpointed[gone]
         for batch in pack(changed, FRAME_BUDGET, keep=CHECKPOINT_TAIL):
-            yield Checkpoint(shard=self.shard_index, batch=batch)
+            yield Checkpoint(shard=self.shard_index, batch=batch, applied_bseq=self.bseq)
 
     # ================================================================== rolling restart
     def evacuation_units(self) -> list[Unit]:

@@ -24,7 +24,6 @@ import trio
 
 from core.config import ServerConfig, ShardConfig
 from core.control import (
-    FRAME_BUDGET,
     Adopted,
     Broadcast,
     Checkpoint,
@@ -56,7 +55,6 @@ from core.directory import (
     SessionDirectory,
 )
 from core.handshake import http_response as http_error
-from core.session import Session, SessionSnapshot, pack
 from core.tokens import SecretFileError, load_or_create_secret, share_secret
 from shards.load_table import LoadTable
 from shards.log import log
@@ -64,6 +62,7 @@ from shards.routing import receive_connection, send_connection
 from supervisor import control_socket, metrics
 from supervisor.handover import Handover
 from supervisor.relay import BroadcastLog, RelayQueue
+from supervisor.session_park import SessionPark
 
 STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
 HEALTHY_AFTER = 10.0  # a shard that lived this long restarts without backoff
@@ -133,8 +132,6 @@ class Supervisor:
         self._handover: Handover | None = None  # the roll step in progress
         self.metrics = metrics.Metrics()  # exited shards' counters: /metrics never go back
         # session -> (generation that checkpointed it, snapshot): what survives a crash
-        # session -> (generation, snapshot, the bodies of the batch it came in)
-        self.checkpoints: dict[str, tuple[int, SessionSnapshot, list[bytes]]] = {}
         # Rooms placed and not yet hosted, or released and lingering: one deadline heap.
         timeout = config.placement_timeout
         self.placements = RoomPlacements(
@@ -147,6 +144,10 @@ class Supervisor:
         self._timer_changed = trio.Event()
         self._timer_at = math.inf  # the deadline the placement timer sleeps until
         self.broadcast_log = BroadcastLog(config.broadcast_log_bytes)
+        # Checkpoints of live shards' sessions; a dead shard's sessions parked (recording
+        # every broadcast) until their players resume or their grace ends.
+        self.park = SessionPark(self.broadcast_log, config.grace)
+        self._park_changed = trio.Event()
         self.secret_fd = -1  # sealed memfd with the token key, inherited by every shard
 
     # ================================================================== main loop
@@ -174,6 +175,7 @@ class Supervisor:
                     self._nursery = nursery
                     nursery.start_soon(self._signal_loop, sigs)
                     nursery.start_soon(self._placement_timer)
+                    nursery.start_soon(self._park_loop)
                     nursery.start_soon(
                         control_socket.serve, control_sock, self.status, self.request_reload
                     )
@@ -279,7 +281,8 @@ class Supervisor:
             "rolling": self.rolling,
             "stopping": self.stopping,
             "uptime_s": round(now - self.started_at, 1),
-            "checkpointed_sessions": len(self.checkpoints),
+            "checkpointed_sessions": len(self.park) - self.park.parked,
+            "parked_sessions": self.park.parked,
             "rooms_placed": sum(
                 self.directory.room_count(h.generation) for h in self.processes.values()
             ),
@@ -346,7 +349,7 @@ class Supervisor:
             new,
             self.directory,
             self.config.fetch_timeout,
-            self._keep_checkpoint,
+            self.park.keep,
             self._returning,
         )
         window = self.config.reconnect_window_ms
@@ -417,9 +420,6 @@ class Supervisor:
                 self._returned = trio.Event()
                 await self._returned.wait()
         return "all_back"
-
-    def _keep_checkpoint(self, generation: int, snap: SessionSnapshot, bodies: list[bytes]) -> None:
-        self.checkpoints[snap.id] = (generation, snap, bodies)
 
     def _kill_remaining(self, why: str) -> None:
         for handle in list(self.processes.values()):
@@ -542,16 +542,16 @@ class Supervisor:
         self.processes.pop(handle.generation, None)
         self.metrics.retire(handle)
         lost = self.directory.drop_shard(handle.generation)
+        parked = self.park.shard_died(handle.generation, lost, trio.current_time())
         if lost and not self.stopping:
-            kept = sum(1 for sid in lost if sid in self.checkpoints)
             log(
                 "sessions_orphaned",
                 shard=handle.index,
                 pid=handle.pid,
                 count=len(lost),
-                checkpointed=kept,
+                parked=parked,
             )
-            self._nursery.start_soon(self._forget_orphans, handle.generation)
+            self._park_changed.set()
         handle.exited.set()
         handle.relay.close()
         handle.handoff.close()
@@ -742,26 +742,24 @@ class Supervisor:
             if not lock.statistics().tasks_waiting and not lock.locked():
                 self._session_locks.pop(fetch.session, None)
 
-    async def _forget_orphans(self, generation: int) -> None:
-        """Checkpoints of a dead shard are worth keeping for one grace window."""
-        await trio.sleep(self.config.grace)
-        for sid in [s for s, entry in self.checkpoints.items() if entry[0] == generation]:
-            del self.checkpoints[sid]
+    async def _park_loop(self) -> None:
+        """End parked sessions whose grace ran out (one task)."""
+        while True:
+            deadline = self.park.next_deadline
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._park_changed.wait()
+            self._park_changed = trio.Event()
+            for sid in self.park.expire(trio.current_time()):
+                log("parked_session_expired", session=sid)
 
     def _from_checkpoint(self, fetch: Fetch) -> Handoff | None:
-        """A session whose shard died: its last checkpoint, marked as recovered."""
-        entry = self.checkpoints.get(fetch.session)
-        if entry is None or entry[0] in self.processes:
+        """A session whose shard died: parked since (with every broadcast numbered since
+        recorded), marked as recovered."""
+        batch = self.park.take(fetch.session, lambda generation: generation in self.processes)
+        if batch is None:
             return None
-        del self.checkpoints[fetch.session]
-        generation, snap, bodies = entry
-        log(
-            "session_recovered",
-            session=fetch.session,
-            from_generation=generation,
-            last_seq=snap.last_seq,
-        )
-        (batch,) = pack([Session.restore(snap, bodies)], FRAME_BUDGET)
+        snap = batch.sessions[0]
+        log("session_recovered", session=fetch.session, last_seq=snap.last_seq)
         return Handoff(request=fetch.request, session=fetch.session, batch=batch, recovered=True)
 
     async def _surrender_from_holder(self, requester: ShardHandle, fetch: Fetch) -> Handoff:
@@ -795,18 +793,23 @@ class Supervisor:
             self.bseq += 1
             frame = encode_frame(msgspec.structs.replace(message, bseq=self.bseq))
             self.broadcast_log.append(self.bseq, frame)
+            self.park.on_broadcast(message.body)
             for other in self.processes.values():
                 if other.ready.is_set() and not other.exited.is_set():
                     other.relay.broadcast(self.bseq, frame)
         elif isinstance(message, Claim):
             self.directory.claim(message.session, handle.generation)
         elif isinstance(message, Release):
-            self.directory.release(message.session, handle.generation)
-            self.checkpoints.pop(message.session, None)
+            if self.directory.release(message.session, handle.generation):
+                self.park.forget(message.session)
         elif isinstance(message, Checkpoint):
-            for snap in message.batch.sessions:
-                if self.directory.owner_of(snap.id) == handle.generation:
-                    self.checkpoints[snap.id] = (handle.generation, snap, message.batch.bodies)
+            generation = handle.generation
+            self.park.checkpoint(
+                generation,
+                message.batch,
+                message.applied_bseq,
+                lambda sid: self.directory.owner_of(sid) == generation,
+            )
         elif isinstance(message, Load):
             handle.load = message
             handle.placed_since_load = 0

@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 
 class Handover:
-    """``old``'s units to ``new``. ``keep(generation, snapshot, bodies)`` stores a session's
-    snapshot as a checkpoint; ``returning`` collects the sessions whose players must come
-    back before the roll moves on."""
+    """``old``'s units to ``new``. ``keep(generation, snapshot, bodies, applied_bseq)`` stores
+    a session's snapshot as a checkpoint; ``returning`` collects the sessions whose players
+    must come back before the roll moves on."""
 
     def __init__(
         self,
@@ -42,7 +42,7 @@ class Handover:
         new: ShardHandle,
         directory: SessionDirectory,
         timeout: float,
-        keep: Callable[[int, SessionSnapshot, list[bytes]], None],
+        keep: Callable[[int, SessionSnapshot, list[bytes], int], None],
         returning: set[str],
     ) -> None:
         self.old = old
@@ -66,7 +66,7 @@ class Handover:
         ids = self._parts.setdefault(message.unit, [])
         for snap in message.batch.sessions:
             ids.append(snap.id)
-            self._keep(self.new.generation, snap, message.batch.bodies)
+            self._keep(self.new.generation, snap, message.batch.bodies, message.applied_bseq)
         self.new.send_frame(
             encode_frame(
                 Adopt(
