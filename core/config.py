@@ -86,6 +86,12 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     # at most this much of its sessions' state (resumes then say recovered + replay_gap).
     # Cost: one msgpack snapshot of each changed session per interval.
     checkpoint_interval: float = 1.0
+    # "checkpoint": the checkpoints above; a crash loses the shard's last interval (its
+    # players resume recovered + replay_gap; client messages of that interval may be
+    # processed twice). "stream": every session change is journaled to the supervisor
+    # before the bytes it describes reach a client - a crash loses and doubles nothing -
+    # at the cost of the journal's bytes and the supervisor's CPU per message.
+    durability: str = "checkpoint"
     # Origins allowed to connect (browser Origin header); empty = any. Others get 403.
     allowed_origins: tuple[str, ...] = ()
     # Connections per shard; beyond it new ones get HTTP 503 + Retry-After before the

@@ -15,6 +15,7 @@ reader holds at most one frame (``MAX_FRAME``) plus one read.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import msgspec
 
@@ -25,7 +26,7 @@ FRAME_BUDGET = 1024 * 1024  # what a sender packs into one frame of sessions
 _LEN = struct.Struct(">I")
 
 
-class _Control(msgspec.Struct, tag_field="kind", kw_only=True):
+class _Control(msgspec.Struct, tag_field="kind", kw_only=True, omit_defaults=True):
     pass
 
 
@@ -48,6 +49,10 @@ class Broadcast(_Control, tag="broadcast", kw_only=True):
     origin: int
     body: bytes  # the stream message's JSON body without seq (core.protocol.encode_body)
     bseq: int = 0
+    # The client message that asked for it (a say): its session and cseq, so the holder of
+    # a durable journal marks it processed in the same frame as its effect.
+    sender: str | None = None
+    cseq: int | None = None
 
 
 class BroadcastGap(_Control, tag="broadcast_gap", kw_only=True):
@@ -58,6 +63,14 @@ class BroadcastGap(_Control, tag="broadcast_gap", kw_only=True):
 
     first: int
     last: int
+
+
+class Journal(_Control, tag="journal", kw_only=True):
+    """Shard -> supervisor (``--durability stream``): changes of the shard's sessions, in
+    order, written before the bytes they describe reach any client (``core.journal``)."""
+
+    shard: int
+    entries: list[Any]
 
 
 class Claim(_Control, tag="claim", kw_only=True):
@@ -100,6 +113,7 @@ class Handoff(_Control, tag="handoff", kw_only=True):
     applied_bseq: int = 0
     error: str | None = None  # "invalid" | "expired" when refused
     recovered: bool = False  # from a checkpoint of a shard that died, not from a live holder
+    exact: bool = False  # ...from its journal (--durability stream): resume it as it was
 
 
 class Drain(_Control, tag="drain", kw_only=True):
@@ -254,6 +268,7 @@ ControlMessage = (
     | Evacuate
     | Adopt
     | Adopted
+    | Journal
     | Evacuated
     | SessionResumed
     | Checkpoint

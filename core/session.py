@@ -183,6 +183,11 @@ class Session:
         return len(self._buffer)
 
     @property
+    def buffer_size(self) -> int:
+        """Most stream messages kept for replay."""
+        return self._maxlen
+
+    @property
     def buffered_bytes(self) -> int:
         """What the replay buffer costs by its budget (bodies + ``ENTRY_OVERHEAD`` each)."""
         return self._buffer_bytes

@@ -87,10 +87,12 @@ class SessionConnection:
             # Detached (replaced, or evacuated by a rolling restart): discard until the
             # server's close reaches it; the client re-sends what was not acknowledged.
             return
+        confirmed = session.token_confirmed
         action, value = self.rules.on_data(session, payload, text, now)
+        if session.token_confirmed and not confirmed:
+            self.host.token_confirmed(session)
         if action == DELIVER:
-            if self.host.deliver(self, session, value):
-                session.processed(value.cseq)
+            self.host.deliver(self, session, value)  # marks it processed
         elif action == REPLY:
             if type(value) is Error:
                 stats.count(f"bad_message|{value.code}")

@@ -1,9 +1,12 @@
 """The shard's end of the control channel to its supervisor (``core.control`` frames).
 
-Frames out are queued without blocking and written by one task, in order. The queue is
-bounded in bytes (``OUT_BUDGET``, 64 MiB): past it - a supervisor that stopped reading - a
-checkpoint is skipped (the next one supersedes it; counted) rather than growing the
-shard's memory; other frames are always queued. Frames in are decoded by
+Frames out are written in order without blocking: at once when nothing is queued (one
+nonblocking ``send``), else queued and written by one task. The queue is bounded in bytes
+(``OUT_BUDGET``, 64 MiB): past it - a supervisor that stopped reading - a checkpoint is
+skipped (the next one supersedes it; counted) rather than growing the shard's memory;
+other frames are always queued. ``drained`` tells whether everything sent so far is in
+the kernel's socket buffer (then the supervisor gets it even if this process dies now):
+the durable session journal relies on it. Frames in are decoded by
 ``core.control.FrameReader``; a frame it skips (too big, undecodable) is logged and counted,
 never fatal. When the channel closes, the supervisor is gone: ``on_lost`` runs once.
 """
@@ -25,6 +28,8 @@ OUT_BUDGET = 64 * 1024 * 1024
 
 class ControlLink:
     def __init__(self, sock: socket.socket, shard_index: int) -> None:
+        sock.setblocking(False)
+        self._raw = sock
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self.shard_index = shard_index
         self._send, self._recv = trio.open_memory_channel[bytes](math.inf)
@@ -44,9 +49,28 @@ class ControlLink:
             stats.count("control_frame_dropped")
             log("control_frame_dropped", shard=self.shard_index, error=repr(exc)[:200])
             return
+        self.send_frame(frame)
+
+    def send_frame(self, frame: bytes) -> None:
+        """An encoded frame, in order after everything sent before it."""
+        if self._queued == self._sent:  # the writer is idle: try the kernel now
+            try:
+                sent = self._raw.send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return  # the channel is gone: the reader notices and drains the shard
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
         self._queued_bytes += len(frame)
         self._queued += 1
         self._send.send_nowait(frame)
+
+    @property
+    def drained(self) -> bool:
+        """Everything sent so far has reached the kernel (nothing waits in the queue)."""
+        return self._queued == self._sent
 
     async def writer(self) -> None:
         async for frame in self._recv:

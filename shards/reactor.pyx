@@ -243,7 +243,7 @@ cdef class Link:
     cdef bint _push(self, bytes frame):
         cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
         cdef ssize_t sent
-        if not self.out and not self.reactor.batching:
+        if not self.out and not self.reactor.batching and not self.reactor.deferred:
             sent = c_send(self.fd, PyBytes_AS_STRING(frame), size, MSG_NOSIGNAL)
             if sent < 0:
                 if errno != EAGAIN and errno != EINTR:
@@ -355,6 +355,11 @@ cdef class Reactor:
     cdef dict _links
     cdef object _pending
     cdef public bint batching
+    # --durability stream: nothing is written to a client outside a batch, and each batch's
+    # writes wait until ``before_flush()`` (the session journal reaching the supervisor)
+    # returns True.
+    cdef public bint deferred
+    cdef public object before_flush
     cdef bint _parked
     cdef bint _woken
     cdef unsigned char *_buf
@@ -375,6 +380,8 @@ cdef class Reactor:
         self.shard_index = shard_index
         self._links = {}
         self._pending = deque()
+        self.deferred = False
+        self.before_flush = None
         self._scratch = []
         self._epfd = epoll_create1(EPOLL_CLOEXEC)
         if self._epfd < 0:
@@ -450,6 +457,12 @@ cdef class Reactor:
             self._consume(link, <const unsigned char *>PyBytes_AS_STRING(data), len(data), now)
         except Exception as exc:
             self._failed(link, exc)
+
+    def wake(self):
+        """Run a batch soon even if no socket is ready (the journal has entries)."""
+        if self._parked and not self._woken:
+            self._woken = True
+            os.eventfd_write(self._wakeup, 1)
 
     # ------------------------------------------------------------------ output
     cpdef schedule(self, Link link):
@@ -674,6 +687,8 @@ cdef class Reactor:
                         self._failed(link, exc)
             finally:
                 self.batching = False
+        if self.before_flush is not None and not self.before_flush():
+            return True  # the journal is not in the kernel yet: no client write before it
         if self._pending:
             self._flush()
         return n == C_READ_BATCH or bool(self._pending)

@@ -47,6 +47,7 @@ from core.control import (
     SessionResumed,
     Surrender,
 )
+from core.journal import JournalWriter
 from core.protocol import (
     SHUTDOWN_MESSAGE,
     HeartbeatInfo,
@@ -143,12 +144,17 @@ class SessionHost:
         self._skip_until: dict[str, int] = {}  # arrived by hand-off: already has these bseqs
         self._gap: set[str] = set()
         self._recovered: set[str] = set()  # restored from a checkpoint, not yet resumed
+        self._exact: set[str] = set()  # ...of those, restored from a journal (exact)
         self._checkpointed: dict[str, tuple[object, ...]] = {}
         self._fetches: dict[int, _PendingFetch] = {}
         self._next_request = 0
         self._frozen: set[str] = set()  # in flight to the replacement (rolling restart)
         self._adopting: dict[int, tuple[str | None, bytes | None, list[Session]]] = {}
         self._budget = TokenBucket(config.broadcast_rate, config.broadcast_burst, time.monotonic())
+        # --durability stream: every change of a session, for the supervisor's mirror,
+        # flushed by the reactor before the bytes it describes reach a client.
+        self.journal: JournalWriter | None = None
+        self._sending: tuple[str, int] | None = None  # (session, cseq) being processed
 
     # ================================================================== open / resume
     def hosts_room(self, room: str) -> bool:
@@ -194,7 +200,12 @@ class SessionHost:
             return self._failed_resume("expired", "moving to another shard", room, peer)
         recovered = session.id in self._recovered
         try:
-            if recovered:
+            if recovered and session.id in self._exact:
+                # Recovered from a crashed shard's journal: exactly as it was.
+                plan = session.resume(claims.epoch, last_seq, time.monotonic())
+                self._recovered.discard(session.id)
+                self._exact.discard(session.id)
+            elif recovered:
                 plan = session.recover(claims.epoch, last_seq, time.monotonic())
                 self._recovered.discard(session.id)
             else:
@@ -205,6 +216,8 @@ class SessionHost:
             return self._failed_resume("expired", str(exc), room, peer)
         self._not_away(session)
         session.peer = peer or session.peer
+        if self.journal is not None:
+            self.journal.away(session)  # connected again
         if claims.session_id in self._gap:
             self._gap.discard(claims.session_id)
             plan = ResumePlan(plan.replay, True)
@@ -225,6 +238,8 @@ class SessionHost:
         )
         self._hold(session)
         self._send_control(Claim(shard=self.shard_index, session=session.id))
+        if self.journal is not None:
+            self.journal.new(session)
         return session
 
     def _hold(self, session: Session) -> None:
@@ -239,7 +254,8 @@ class SessionHost:
             members.add(session.id)
 
     def _unhold(self, session: Session) -> None:
-        self.sessions.pop(session.id, None)
+        if self.sessions.pop(session.id, None) is not None and self.journal is not None:
+            self.journal.gone(session.id)
         self._skip_until.pop(session.id, None)
         self._gap.discard(session.id)
         self._recovered.discard(session.id)
@@ -262,6 +278,8 @@ class SessionHost:
         conn.session = session
         conn.session_id = session.id
         token = self.signer.issue(session.id, session.next_token_epoch(), time.time())
+        if self.journal is not None:
+            self.journal.epoch(session)
         conn.send_message(
             Welcome(
                 session=session.id,
@@ -296,9 +314,26 @@ class SessionHost:
             self._call(conn, "on_back", session, plan.gap)
 
     def deliver(self, conn: SessionConnection, session: Session, message: Any) -> bool:
-        """A client message for the app; False (and the connection closing 1011) if the
-        app's callback raised."""
-        return self._call(conn, "on_message", session, message)
+        """A client message for the app, then marked processed; False (and the connection
+        closing 1011) if the app's callback raised."""
+        cseq = message.cseq
+        if cseq is not None:
+            self._sending = (session.id, cseq)
+        try:
+            if not self._call(conn, "on_message", session, message):
+                return False
+        finally:
+            self._sending = None
+        if cseq is not None:
+            session.processed(cseq)
+            if self.journal is not None:
+                self.journal.processed(session.id, cseq)
+        return True
+
+    def token_confirmed(self, session: Session) -> None:
+        """The client confirmed its newest token (its first data frame on a connection)."""
+        if self.journal is not None:
+            self.journal.epoch(session)
 
     # ================================================================== connection ended
     def detach(self, conn: SessionConnection, disconnect: Disconnect) -> None:
@@ -312,6 +347,8 @@ class SessionHost:
             self._end(session, str(disconnect.kind))
             return
         deadline = session.away(str(disconnect.kind), time.monotonic())
+        if self.journal is not None:
+            self.journal.away(session)
         self._schedule_expiry(deadline, session.id)
         self._call(None, "on_away", session, str(disconnect.kind))
         self._now_away(session)
@@ -417,6 +454,8 @@ class SessionHost:
             return  # in flight to the replacement: what it holds is what the client gets
         body = encode_body(message)
         seq = session.record(body)
+        if self.journal is not None:
+            self.journal.record(session.id, seq, body)
         conn = self.attached.get(session.id)
         if conn is not None:
             conn.send_stream(message, body, seq)
@@ -437,7 +476,15 @@ class SessionHost:
         if self._control is None:
             self.apply_broadcast(self.bseq + 1, body)
         else:
-            self._control(Broadcast(origin=self.shard_index, body=body))
+            sending = self._sending if sender is not None else None
+            self._control(
+                Broadcast(
+                    origin=self.shard_index,
+                    body=body,
+                    sender=sending[0] if sending else None,
+                    cseq=sending[1] if sending else None,
+                )
+            )
         return True
 
     def apply_broadcast(self, bseq: int, body: bytes) -> None:
@@ -451,8 +498,10 @@ class SessionHost:
         msgpack_body: bytes | None = None
         skip = self._skip_until
         attached = self.attached
+        skipped: list[str] = []
         for session in self.sessions.values():
             if skip and skip.get(session.id, 0) >= bseq:
+                skipped.append(session.id)
                 continue
             if session.state is not SessionState.CONNECTED and session.state is not (
                 SessionState.AWAY
@@ -468,6 +517,8 @@ class SessionHost:
                 conn.send_body(body, seq, msgpack_body)
             else:
                 conn.link.send_stamped(body, seq)
+        if self.journal is not None:
+            self.journal.broadcast(bseq, skipped)
         if skip:
             for session_id in [s for s, until in skip.items() if until <= bseq]:
                 del skip[session_id]
@@ -558,11 +609,14 @@ class SessionHost:
                 pending.done.set()
             return
         (arrived,) = unpack(handoff.batch)
-        session = self._arrive(arrived, handoff.applied_bseq, catch_up=not handoff.recovered)
+        session = self._arrive(arrived, handoff.applied_bseq)
         if handoff.recovered:
-            # What its crashed holder sent after the checkpoint is unknown: the resume
-            # continues after the client's last_seq and reports a gap (Session.recover).
+            # Its shard crashed. From a checkpoint, what that shard sent after it is unknown:
+            # the resume continues after the client's last_seq and reports a gap
+            # (Session.recover). From a journal it is exact.
             self._recovered.add(session.id)
+            if handoff.exact:
+                self._exact.add(session.id)
         log(
             "handoff_in",
             shard=self.shard_index,
@@ -580,8 +634,13 @@ class SessionHost:
         """Hold a session that comes from another shard, caught up with the broadcasts this
         shard applied that its old holder had not (or told to skip those it already has)."""
         now = time.monotonic()
+        journal = self.journal
+        if journal is not None:
+            journal.arrive(session.id)  # the supervisor forwarded this very snapshot
         if session.state is SessionState.CONNECTED:
             session.away("moved", now)  # no on_away: its client is already on its way here
+            if journal is not None:
+                journal.away(session)
         deadline = session.grace_deadline
         assert deadline is not None
         self._hold(session)
@@ -594,7 +653,9 @@ class SessionHost:
             if not missing or missing[0][0] != applied_bseq + 1:
                 self._gap.add(session.id)
             for _, body in missing:
-                session.record(body)
+                seq = session.record(body)
+                if journal is not None:
+                    journal.record(session.id, seq, body)
         elif applied_bseq > self.bseq:
             self._skip_until[session.id] = applied_bseq
         return session

@@ -36,12 +36,14 @@ from core.control import (
     Drain,
     Evacuated,
     Handoff,
+    Journal,
     Load,
     Ready,
     Surrender,
 )
 from core.heartbeat import HeartbeatPolicy
 from core.heartbeat_wheel import HeartbeatWheel
+from core.journal import JournalWriter
 from core.protocol import HeartbeatInfo, ServerMessage, StreamMessage
 from core.session import Session
 from core.tokens import TokenSigner, load_or_create_secret
@@ -102,6 +104,14 @@ class Shard:
                 booted_at=config.booted_at,
             )
         self.reactor = Reactor(self.wheel, self.shard_index)
+        if (
+            self.host is not None
+            and self.control is not None
+            and (self.server.durability == "stream")
+        ):
+            self.host.journal = JournalWriter(on_first=self.reactor.wake)
+            self.reactor.deferred = True
+            self.reactor.before_flush = self._flush_journal
         self.router = Router(handoff_sock, self.shard_index) if handoff_sock else None
         self.connections = Connections(
             self.shard_index,
@@ -149,7 +159,7 @@ class Shard:
                     nursery.start_soon(self.control.writer)
                     nursery.start_soon(self.control.reader, self._on_control, self._lost)
                     nursery.start_soon(self._load_reports)
-                    if self.host is not None:
+                    if self.host is not None and self.host.journal is None:
                         nursery.start_soon(
                             self.host.checkpoint_loop, self.server.checkpoint_interval
                         )
@@ -254,6 +264,17 @@ class Shard:
         return self.timers.call_at(when, callback)
 
     # ================================================================== control channel
+    def _flush_journal(self) -> bool:
+        """The reactor's gate before it writes to clients (``--durability stream``): the
+        session journal so far handed to the kernel's socket buffer towards the supervisor.
+        False while it is not all there yet (the reactor retries after a checkpoint)."""
+        assert self.host is not None and self.host.journal is not None
+        assert self.control is not None
+        journal = self.host.journal
+        while entries := journal.take():
+            self.control.send(Journal(shard=self.shard_index, entries=entries))
+        return self.control.drained
+
     def _control(self, message: ControlMessage) -> None:
         if self.control is not None:
             self.control.send(message)

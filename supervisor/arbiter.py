@@ -37,6 +37,7 @@ from core.control import (
     Fetch,
     FrameReader,
     Handoff,
+    Journal,
     Load,
     PassConnection,
     Ready,
@@ -350,6 +351,7 @@ class Supervisor:
             self.directory,
             self.config.fetch_timeout,
             self.park.keep,
+            self.park.expect_arrival,
             self._returning,
         )
         window = self.config.reconnect_window_ms
@@ -728,6 +730,7 @@ class Supervisor:
                 answer = await self._surrender_from_holder(requester, fetch)
                 if answer.batch is not None:
                     self.directory.move(fetch.session, requester.generation)
+                    self.park.expect_arrival(requester.generation, answer.batch)
                 requester.send_frame(
                     encode_frame(msgspec.structs.replace(answer, request=fetch.request))
                 )
@@ -755,12 +758,21 @@ class Supervisor:
     def _from_checkpoint(self, fetch: Fetch) -> Handoff | None:
         """A session whose shard died: parked since (with every broadcast numbered since
         recorded), marked as recovered."""
-        batch = self.park.take(fetch.session, lambda generation: generation in self.processes)
-        if batch is None:
+        taken = self.park.take(fetch.session, lambda generation: generation in self.processes)
+        if taken is None:
             return None
+        batch, exact = taken
         snap = batch.sessions[0]
-        log("session_recovered", session=fetch.session, last_seq=snap.last_seq)
-        return Handoff(request=fetch.request, session=fetch.session, batch=batch, recovered=True)
+        log("session_recovered", session=fetch.session, last_seq=snap.last_seq, exact=exact)
+        # Everything numbered so far is in it: the new holder skips what it applies later.
+        return Handoff(
+            request=fetch.request,
+            session=fetch.session,
+            batch=batch,
+            applied_bseq=self.bseq,
+            recovered=True,
+            exact=exact,
+        )
 
     async def _surrender_from_holder(self, requester: ShardHandle, fetch: Fetch) -> Handoff:
         refused = Handoff(request=fetch.request, session=fetch.session, batch=None, error="expired")
@@ -793,7 +805,9 @@ class Supervisor:
             self.bseq += 1
             frame = encode_frame(msgspec.structs.replace(message, bseq=self.bseq))
             self.broadcast_log.append(self.bseq, frame)
-            self.park.on_broadcast(message.body)
+            self.park.on_broadcast(self.bseq, message.body)
+            if message.sender is not None and message.cseq is not None:
+                self.park.processed(handle.generation, message.sender, message.cseq)
             for other in self.processes.values():
                 if other.ready.is_set() and not other.exited.is_set():
                     other.relay.broadcast(self.bseq, frame)
@@ -810,6 +824,8 @@ class Supervisor:
                 message.applied_bseq,
                 lambda sid: self.directory.owner_of(sid) == generation,
             )
+        elif isinstance(message, Journal):
+            self.park.on_journal(handle.generation, message.entries)
         elif isinstance(message, Load):
             handle.load = message
             handle.placed_since_load = 0

@@ -377,6 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
         "window + reconnect hint + 5 s)",
     )
     p.add_argument(
+        "--durability",
+        choices=("checkpoint", "stream"),
+        default=d.durability,
+        help="what a shard crash may cost: checkpoint = the sessions' last "
+        "--checkpoint-interval (resumes say recovered + replay_gap; messages of that interval "
+        "may be processed twice); stream = nothing, every session change is journaled to "
+        "the supervisor before it reaches a client, at a CPU cost per message (see "
+        f"BENCHMARKS.md) (default {d.durability})",
+    )
+    p.add_argument(
         "--no-gc-tuning",
         action="store_true",
         help="keep CPython's default GC settings in shards (for benchmarking)",
@@ -457,4 +467,5 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         fetch_timeout=args.fetch_timeout,
         close_timeout=args.close_timeout,
         roll_return_timeout=args.roll_return_timeout,
+        durability=args.durability,
     )

@@ -24,7 +24,7 @@ import trio
 
 from core.control import Adopt, Adopted, Evacuate, Evacuated, encode_frame
 from core.directory import SessionDirectory
-from core.session import SessionSnapshot
+from core.session import SessionSnapshot, SnapshotBatch
 from shards.log import log
 
 if TYPE_CHECKING:
@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 class Handover:
     """``old``'s units to ``new``. ``keep(generation, snapshot, bodies, applied_bseq)`` stores
-    a session's snapshot as a checkpoint; ``returning`` collects the sessions whose players
-    must come back before the roll moves on."""
+    a session's snapshot as a checkpoint, ``arriving(generation, batch)`` tells the session
+    park what the replacement's journal will say arrived; ``returning`` collects the
+    sessions whose players must come back before the roll moves on."""
 
     def __init__(
         self,
@@ -43,6 +44,7 @@ class Handover:
         directory: SessionDirectory,
         timeout: float,
         keep: Callable[[int, SessionSnapshot, list[bytes], int], None],
+        arriving: Callable[[int, SnapshotBatch], None],
         returning: set[str],
     ) -> None:
         self.old = old
@@ -50,6 +52,7 @@ class Handover:
         self.directory = directory
         self.timeout = timeout
         self._keep = keep
+        self._arriving = arriving
         self.returning = returning
         self._pending: dict[int, tuple[str | None, list[str], float]] = {}
         self._parts: dict[int, list[str]] = {}
@@ -67,6 +70,7 @@ class Handover:
         for snap in message.batch.sessions:
             ids.append(snap.id)
             self._keep(self.new.generation, snap, message.batch.bodies, message.applied_bseq)
+        self._arriving(self.new.generation, message.batch)
         self.new.send_frame(
             encode_frame(
                 Adopt(

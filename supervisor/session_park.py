@@ -1,6 +1,7 @@
 """Where sessions survive their shard: the latest checkpoint of every session a live shard
-holds, and - once that shard dies - the session itself, parked here and still receiving
-every broadcast until its player resumes (on any shard) or its grace ends.
+holds (or, with ``--durability stream``, an exact mirror kept from its journal), and -
+once that shard dies - the session itself, parked here and still receiving every
+broadcast until its player resumes (on any shard) or its grace ends.
 
 A checkpoint carries the ``bseq`` its shard had applied when it was taken. When the shard
 dies, each of its checkpointed sessions is restored and caught up with the broadcasts
@@ -19,11 +20,16 @@ from the crash) runs out.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from core.control import FRAME_BUDGET, Broadcast, decode_frame
-from core.session import Session, SessionSnapshot, SessionState, SnapshotBatch, pack
+from core.journal import SessionMirror
+from core.session import Session, SessionSnapshot, SessionState, SnapshotBatch, pack, unpack
 from supervisor.relay import BroadcastLog
+
+RECENT_BODIES = 4096  # broadcast bodies kept by bseq for the mirrors (the log has the rest)
 
 
 class _Checkpoint:
@@ -48,7 +54,12 @@ class SessionPark:
         self._checkpoints: dict[str, _Checkpoint] = {}
         self._parked: dict[str, Session] = {}
         self._gaps: set[str] = set()  # parked sessions that missed broadcasts (log too short)
+        self._exact: set[str] = set()  # parked from a journal mirror: resumed as they were
         self._deadlines: list[tuple[float, str]] = []
+        self._mirrors: dict[int, SessionMirror] = {}  # generation -> its sessions (stream)
+        self._arrivals: dict[tuple[int, str], Session] = {}  # forwarded, not yet journaled
+        self._bodies: dict[int, bytes] = {}
+        self._body_order: deque[int] = deque()
 
     def __len__(self) -> int:
         return len(self._checkpoints) + len(self._parked)
@@ -83,14 +94,62 @@ class SessionPark:
         self._checkpoints.pop(session_id, None)
         self._parked.pop(session_id, None)
         self._gaps.discard(session_id)
+        self._exact.discard(session_id)
+
+    # ------------------------------------------------------------------ journals
+    def on_journal(self, generation: int, entries: list[list[Any]]) -> None:
+        """A shard's journal frame: applied to its mirror, in order."""
+        mirror = self._mirrors.get(generation)
+        if mirror is None:
+            mirror = self._mirrors[generation] = SessionMirror()
+        mirror.apply(
+            entries, self._body_of, lambda sid: self._arrivals.pop((generation, sid), None)
+        )
+
+    def expect_arrival(self, generation: int, batch: SnapshotBatch) -> None:
+        """Sessions forwarded to ``generation`` (a hand-off): its journal will say when."""
+        for session in unpack(batch):
+            self._arrivals[(generation, session.id)] = session
+
+    def processed(self, generation: int, session_id: str, cseq: int) -> None:
+        """A broadcast frame named the client message that asked for it."""
+        mirror = self._mirrors.get(generation)
+        session = mirror.sessions.get(session_id) if mirror is not None else None
+        if session is not None:
+            session.processed(cseq)
+
+    def _body_of(self, bseq: int) -> bytes | None:
+        body = self._bodies.get(bseq)
+        if body is None:
+            frame = self._log.get(bseq)
+            if frame is not None:
+                message = decode_frame(frame)
+                if isinstance(message, Broadcast):
+                    body = message.body
+        return body
 
     # ------------------------------------------------------------------ dead shards
     def shard_died(self, generation: int, held: list[str], now: float) -> int:
-        """Park each session of ``held`` (what the directory says ``generation`` held) that
-        it had checkpointed; its other checkpoints are stale and go. Returns how many."""
+        """Park each session of ``held`` (what the directory says ``generation`` held) from
+        its journal mirror, or from its checkpoint; what else it had is stale and goes.
+        Returns how many were parked."""
         mine = [sid for sid, c in self._checkpoints.items() if c.generation == generation]
         held_here = set(held)
         parked = 0
+        mirror = self._mirrors.pop(generation, None)
+        for key in [k for k in self._arrivals if k[0] == generation]:
+            del self._arrivals[key]
+        if mirror is not None:
+            for sid, session in mirror.sessions.items():
+                if sid not in held_here:
+                    continue
+                self._catch_up(session, mirror.bseq)
+                self._parked[sid] = session
+                if sid not in mirror.diverged and sid not in self._gaps:
+                    self._exact.add(sid)
+                heapq.heappush(self._deadlines, (now + self.grace, sid))
+                parked += 1
+            held_here -= set(mirror.sessions)
         for sid in mine:
             checkpoint = self._checkpoints.pop(sid)
             if sid not in held_here:
@@ -115,14 +174,25 @@ class SessionPark:
             if isinstance(message, Broadcast):
                 _record(session, message.body)
 
-    def on_broadcast(self, body: bytes) -> None:
-        """A broadcast was just numbered: every parked session records it."""
+    def on_broadcast(self, bseq: int, body: bytes) -> None:
+        """A broadcast was just numbered: every parked session records it (and the mirrors
+        will, when their shards' journals say they applied it)."""
         for session in self._parked.values():
             _record(session, body)
+        if self._mirrors:
+            self._bodies[bseq] = body
+            self._body_order.append(bseq)
+            while len(self._body_order) > RECENT_BODIES:
+                self._bodies.pop(self._body_order.popleft(), None)
 
-    def take(self, session_id: str, alive: Callable[[int], bool]) -> SnapshotBatch | None:
+    def take(
+        self, session_id: str, alive: Callable[[int], bool]
+    ) -> tuple[SnapshotBatch, bool] | None:
         """The session for a resume on some shard, if it is parked (or only checkpointed
-        by a generation that is no longer alive); it leaves the park."""
+        by a generation that is no longer alive), and whether it is exact (from a journal);
+        it leaves the park."""
+        exact = session_id in self._exact
+        self._exact.discard(session_id)
         session = self._parked.pop(session_id, None)
         if session is None:
             checkpoint = self._checkpoints.get(session_id)
@@ -131,9 +201,10 @@ class SessionPark:
             del self._checkpoints[session_id]
             session = Session.restore(checkpoint.snapshot, checkpoint.bodies)
             self._catch_up(session, checkpoint.applied_bseq)
+        exact = exact and session_id not in self._gaps
         self._gaps.discard(session_id)
         (batch,) = pack([session], FRAME_BUDGET)
-        return batch
+        return batch, exact
 
     def owner_of_checkpoint(self, session_id: str) -> int | None:
         checkpoint = self._checkpoints.get(session_id)

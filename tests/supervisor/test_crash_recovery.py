@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.support import WireClient, open_server, resume_path
+from tests.support import Closed, WireClient, open_server, resume_path
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -62,8 +62,125 @@ async def test_says_broadcast_while_a_crashed_shards_players_are_away_are_all_re
                 message = await again.receive_until("said", timeout=10)
                 texts.append(message["text"])
             # Every say sent after the crash, once, in order; nothing from before doubled.
-            assert [t for t in texts if t.startswith("after-")] == [
-                f"after-{n}" for n in range(20)
-            ]
+            assert [t for t in texts if t.startswith("after-")] == [f"after-{n}" for n in range(20)]
             assert not [t for t in texts if t.startswith("before-")]
             await again.echo("back in business")
+
+
+async def test_with_the_durable_stream_repeated_kills_lose_and_double_nothing() -> None:
+    """--durability stream: shards SIGKILLed again and again under traffic. Every echo a
+    client sent is answered exactly once (processed once), every say is seen exactly once
+    by everyone, in order; each resume after a kill is exact (no replay_gap)."""
+    from client import Backoff, Message, Resumed, open_reconnecting_client
+
+    args = ("--durability", "stream", "--heartbeat-interval", "0.5", "--heartbeat-timeout", "1")
+    async with open_server(*args, shards=2) as server:
+        url = server.url("/")
+        backoff = Backoff(base=0.05, cap=0.5, max_retries=50)
+        echoes: list[dict[int, int]] = [{}, {}, {}]
+        saids: list[list[str]] = [[], [], []]
+        resumes: list[list[Resumed]] = [[], [], []]
+        sent_echoes = [0, 0, 0]
+        says = 0
+
+        async def player(i: int, task_status: Any) -> None:
+            async with open_reconnecting_client(url, backoff=backoff) as client:
+                task_status.started(client)
+                async for event in client.events():
+                    if isinstance(event, Resumed):
+                        resumes[i].append(event)
+                    elif isinstance(event, Message):
+                        m = event.message
+                        if m["type"] == "echo":
+                            echoes[i][m["data"]] = echoes[i].get(m["data"], 0) + 1
+                        elif m["type"] == "said":
+                            saids[i].append(m["text"])
+
+        async with trio.open_nursery() as nursery:
+            clients = [await nursery.start(player, i) for i in range(3)]
+
+            stop = trio.Event()
+
+            async def traffic() -> None:
+                nonlocal says
+                for n in range(1, 10_000):
+                    if stop.is_set():
+                        return
+                    for i, client in enumerate(clients):
+                        await client.send({"type": "echo", "data": n})
+                        sent_echoes[i] = n
+                    if n % 5 == 0:
+                        says += 1
+                        await clients[n % 3].send({"type": "say", "text": f"say-{says}"})
+                    await trio.sleep(0.01)
+
+            async with trio.open_nursery() as load:
+                load.start_soon(traffic)
+                for kill in range(4):
+                    await trio.sleep(1.0)
+                    victim = kill % 2
+                    os.kill(server.shard_pids()[victim], signal.SIGKILL)
+                    await server.log.wait_for("shard_ready", shard=victim, generation=3 + kill)
+                await trio.sleep(1.0)
+                stop.set()  # the senders finish what they started
+            with trio.move_on_after(30):
+                while any(len(e) < s for e, s in zip(echoes, sent_echoes, strict=True)) or any(
+                    len(s) < says for s in saids
+                ):
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+        for i in range(3):
+            missing = set(range(1, sent_echoes[i] + 1)) - set(echoes[i])
+            extra = set(echoes[i]) - set(range(1, sent_echoes[i] + 1))
+            assert not missing and not extra, f"player {i}: lost {sorted(missing)}, {extra=}"
+            assert set(echoes[i].values()) == {1}, f"player {i}: an echo processed twice"
+            assert saids[i] == [f"say-{n}" for n in range(1, says + 1)], f"player {i} said"
+        recovered = [r for rs in resumes for r in rs]
+        assert recovered, "no player resumed: the kills hit nobody"
+
+
+async def test_a_draining_shard_keeps_answering_each_client_until_its_own_1012() -> None:
+    """A rolling restart closes one unit of players at a time across the reconnect window;
+    until its turn a connection is served as usual. A client whose dead-server limit equals
+    the window (it gives up after that long without any answer) never gives up first."""
+    window = 2.0
+    async with open_server(
+        "--reconnect-window-ms", str(int(window * 1000)), "--reconnect-after-ms", "100", shards=1
+    ) as server:
+        # One room each: a roll moves a room as one unit, so the 1012s spread over the window.
+        clients = [await WireClient.connect(server.port, f"/rooms/r{i}") for i in range(20)]
+        longest = [0.0] * len(clients)
+        codes: list[int | None] = [None] * len(clients)
+
+        async def heartbeats(i: int) -> None:
+            client, _ = clients[i]
+            last = next_beat = trio.current_time()
+            while True:
+                if trio.current_time() >= next_beat:
+                    await client.send_json({"type": "heartbeat", "ts": i})
+                    next_beat = trio.current_time() + 0.2
+                try:
+                    await client.receive_json(timeout=max(0.01, next_beat - trio.current_time()))
+                    last = trio.current_time()
+                except trio.TooSlowError:
+                    pass
+                except Closed as closed:
+                    codes[i] = closed.code
+                    return
+                longest[i] = max(longest[i], trio.current_time() - last)
+                assert longest[i] < window, f"client {i} heard nothing for {longest[i]:.2f} s"
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(clients)):
+                nursery.start_soon(heartbeats, i)
+            await trio.sleep(0.5)
+            server.signal(signal.SIGHUP)
+        await server.log.wait_for("roll_done", timeout=30)
+        assert codes == [1012] * len(clients), codes
+        # The last unit went about a window after the first: those players were served
+        # (heartbeats acked) all that time.
+        closes = sorted(
+            float(f["ts"]) for f in server.log.events("disconnect") if f.get("code") == "1012"
+        )
+        assert closes[-1] - closes[0] > window / 2
+        print(f"longest silence before a 1012: {max(longest):.3f} s (window {window} s)")
