@@ -29,7 +29,10 @@ class CloseCode(enum.IntEnum):
     BAD_GATEWAY = 1014
     TLS_HANDSHAKE = 1015
     # Application codes (reconnectable range 4000-4499).
-    SESSION_REPLACED = 4000
+    SESSION_REPLACED = 4000  # another connection resumed this session (do not come back)
+    COMING_BACK = 4001  # sent by a client: "I am coming back" (the session goes away)
+    REDIRECT = 4002  # the room lives elsewhere: the first message said where
+    RESYNC = 4003  # the shard missed broadcasts for this session: resume now (replay_gap)
 
 
 APP_RECONNECT_RANGE = range(4000, 4500)

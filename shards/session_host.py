@@ -81,7 +81,6 @@ CHECKPOINT_TAIL = 256  # newest buffered messages kept in a checkpoint
 LOBBY_SLICE = 64  # lobby sessions per evacuation unit
 BROADCAST_LOG = 4096  # broadcasts remembered to bring a session arriving by hand-off up to date
 BROADCAST_LOG_BYTES = 8 * 1024 * 1024  # ...and at most this many bytes of their bodies
-RESYNC = 4003  # close code: "missed broadcasts, resume now" (reconnectable range)
 
 
 @dataclass(slots=True)
@@ -544,7 +543,7 @@ class SessionHost:
         )
         self._gap.update(self.sessions)
         for conn in list(self.attached.values()):
-            conn.close(RESYNC, "missed broadcasts: resume")
+            conn.close(CloseCode.RESYNC, "missed broadcasts: resume")
         self.bseq = max(self.bseq, last)
 
     # ================================================================== hand-off
