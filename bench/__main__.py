@@ -13,7 +13,7 @@ import sys
 # name -> one-line description (static, so listing imports nothing)
 SCENARIOS: dict[str, str] = {
     "wheel": "Cython heartbeat wheel vs two pure-Python alternatives (micro-benchmark)",
-    "idle": "GC stalls with many idle connections: round-trip p99.9 with/without GC tuning",
+    "idle": "idle connections (50k, up to 200k): RSS each, shard CPU per ping/pong, echo p99.9",
     "zombie": "zombie detection time per heartbeat preset",
     "resume_cuts": "cut a reconnecting client's TCP again and again; count lost/doubled",
     "routing": "connection setup rate and latency, lobby (direct) vs room (routed)",
@@ -21,8 +21,8 @@ SCENARIOS: dict[str, str] = {
     "rolling": "rolling restart (SIGHUP) under load: sessions lost, reconnect latency",
     "respawn": "SIGKILL one shard at a time: seconds until its replacement is ready",
     "echo": "echo msgs/s and round-trip p50/p99/p99.9 at 1 and 100 connections vs peers",
-    "broadcast": "one say to N clients on 4 shards: time to first/median/p99/last receiver",
-    "storm": "SIGKILL + restart with N reconnecting clients: peak accepts/s, jitter full vs none",
+    "broadcast": "one say to N clients vs websockets' broadcast(): last/first receiver, echo wait",
+    "storm": "SIGKILL + restart, N reconnecting clients: time until all back, jitter full/none",
 }
 
 

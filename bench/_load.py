@@ -164,10 +164,19 @@ class Server:
         )
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
-        ready = self.wait_for("ready", timeout=timeout)
-        self.port = int(ready["port"])
-        for index in range(self.shards):
-            self.wait_for("shard_ready", timeout=timeout, shard=index)
+        try:
+            ready = self.wait_for("ready", timeout=timeout)
+            self.port = int(ready["port"])
+            for index in range(self.shards):
+                self.wait_for("shard_ready", timeout=timeout, shard=index)
+        except (TimeoutError, RuntimeError) as exc:
+            if self.process.poll() is not None and self._thread is not None:
+                self._thread.join(timeout=2)  # the rest of its stderr
+            with self._cond:
+                tail = self.raw[-8:]
+            raise RuntimeError(
+                f"{exc}; {' '.join(self.cmd[1:4])} ... said:\n  " + "\n  ".join(tail)
+            ) from None
 
     def _pump(self) -> None:
         assert self.process is not None and self.process.stderr is not None
@@ -461,6 +470,15 @@ class FrameParser:
         return out
 
 
+def _raise_nofile() -> None:
+    """Soft open-files limit up to the hard one (a load child holds thousands of sockets)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _new_socket(source: str | None) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -523,13 +541,21 @@ class Pool:
     Normal clients answer every ping with a pong, read and drop every other frame, and
     answer a close frame. ``mute`` clients (zombies that keep TCP open) send one echo after
     the welcome, wait for its answer, then are never read or written again.
+
+    Connections are opened at most ``--concurrency`` at a time (TCP connect + upgrade +
+    welcome in flight) and, with ``--connect-rate`` R > 0, started at most R per second
+    (a steady pace: a burst of SYNs would overflow the listen backlog and turn into
+    1-3 s SYN retransmits).
     """
 
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
+        _raise_nofile()
         self.ep = select.epoll()
         self.conns: dict[int, _Conn] = {}
+        self.connecting: set[_Conn] = set()  # the ones the connect timeout applies to
         self.to_open = a.count
+        self.started = 0
         self.in_flight = 0
         self.ok = 0
         self.failed: dict[str, int] = {}
@@ -565,6 +591,7 @@ class Pool:
     def _fail(self, conn: _Conn, why: str) -> None:
         self.failed[why] = self.failed.get(why, 0) + 1
         self.in_flight -= 1
+        self.connecting.discard(conn)
         self._drop(conn)
 
     def _lost(self, conn: _Conn, why: str) -> None:
@@ -584,6 +611,7 @@ class Pool:
 
     def _open_one(self) -> None:
         self.to_open -= 1
+        self.started += 1
         self.in_flight += 1
         try:
             sock = _new_socket(self.a.source)
@@ -601,6 +629,7 @@ class Pool:
             self.in_flight -= 1
             return
         self.conns[conn.fd] = conn
+        self.connecting.add(conn)
         self.ep.register(conn.fd, select.EPOLLOUT)
 
     def _send(self, conn: _Conn, data: bytes) -> None:
@@ -698,12 +727,14 @@ class Pool:
                     conn.state = _OPEN
                     self.ok += 1
                     self.in_flight -= 1
+                    self.connecting.discard(conn)
             elif conn.state == _ECHO_WAIT and payload.startswith(b'{"type":"echo"'):
                 # The zombie's last frame was answered: from now on it is silent.
                 self.ep.unregister(conn.fd)
                 conn.state = _MUTE
                 self.ok += 1
                 self.in_flight -= 1
+                self.connecting.discard(conn)
                 self.zombies.append(
                     {"session": conn.session, "last_send": conn.last, "kind": "mute"}
                 )
@@ -720,16 +751,26 @@ class Pool:
         return True
 
     # ------------------------------------------------------------------ loop
+    def _allowed(self, now: float, t0: float) -> int:
+        """How many more connections may be started now (concurrency and pace)."""
+        room = min(self.to_open, self.a.concurrency - self.in_flight)
+        if self.a.connect_rate > 0:
+            room = min(room, int((now - t0) * self.a.connect_rate) + 1 - self.started)
+        return room
+
     def run(self) -> None:
         a = self.a
-        stop_at = time.monotonic() + a.max_seconds
+        t0 = time.monotonic()
+        stop_at = t0 + a.max_seconds
         stdin = StdinCommands(self.ep)
-        next_sweep = time.monotonic() + 1.0
+        next_sweep = t0 + 1.0
         running = True
         while running and time.monotonic() < stop_at:
-            while self.to_open > 0 and self.in_flight < a.concurrency:
+            for _ in range(max(0, self._allowed(time.monotonic(), t0))):
                 self._open_one()
-            for fd, ev in self.ep.poll(0.5):
+            # While paced, wake often enough to keep the pace; idle, twice a second.
+            timeout = 0.005 if self.to_open > 0 and a.connect_rate > 0 else 0.5
+            for fd, ev in self.ep.poll(timeout):
                 if fd == stdin.fd:
                     lines = stdin.read()
                     if lines is None:
@@ -753,7 +794,7 @@ class Pool:
                 next_sweep = now + 1.0
                 if not self.reported:  # for a progress bar while connecting
                     _emit({"type": "progress", "ok": self.ok, "failed": sum(self.failed.values())})
-                for conn in list(self.conns.values()):
+                for conn in list(self.connecting):
                     if conn.state < _OPEN and now - conn.started > a.connect_timeout:
                         self._fail(conn, "timeout")
             if not self.reported and self.to_open == 0 and self.in_flight == 0:
@@ -846,7 +887,14 @@ def run_active(a: argparse.Namespace) -> None:
     for _ in range(n_echo + n_say):
         sock, parser, welcome = open_ws(a.host, a.port, source=a.source, timeout=10.0)
         sock.setblocking(False)
-        clients.append({"sock": sock, "parser": parser, "session": welcome["session"]})
+        clients.append(
+            {
+                "sock": sock,
+                "parser": parser,
+                "session": welcome["session"],
+                "shard": welcome.get("shard"),
+            }
+        )
         ep.register(sock.fileno(), select.EPOLLIN)
     by_fd = {c["sock"].fileno(): i for i, c in enumerate(clients)}
     _emit({"type": "connected", "clients": len(clients)})
@@ -858,7 +906,8 @@ def run_active(a: argparse.Namespace) -> None:
     # client i sends its k-th echo at t0 + (k + i / n_echo) * period
     next_k = [0] * n_echo
     sent: dict[tuple[int, int], float] = {}
-    rtts: list[tuple[float, float]] = []  # (send time since t0 in s, round trip in ms)
+    # (send time since t0 in s, round trip in ms, echo client index)
+    rtts: list[tuple[float, float, int]] = []
     say_period = 1.0 / a.say_rate if n_say else 0.0
     say_start = t0 + min(a.say_after, a.duration)
     say_total = int(a.say_rate * (end - say_start)) if n_say else 0
@@ -885,7 +934,7 @@ def run_active(a: argparse.Namespace) -> None:
                     n = json.loads(payload)["data"]
                     started = sent.pop((i, n), None)
                     if started is not None:
-                        rtts.append((started - t0, (received - started) * 1000.0))
+                        rtts.append((started - t0, (received - started) * 1000.0, i))
                 elif payload.startswith(b'{"type":"said"'):
                     counts["said"] += 1
                     if i == n_echo:
@@ -952,6 +1001,7 @@ def run_active(a: argparse.Namespace) -> None:
         {
             "type": "result",
             "rtts": rtts,
+            "client_shards": [c["shard"] for c in clients[:n_echo]],
             "lost": len(sent),
             "t0": t0,
             "say_after": say_start - t0,
@@ -1029,6 +1079,9 @@ def main(argv: list[str] | None = None) -> int:
     # pool
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=64, help="upgrades in flight")
+    parser.add_argument(
+        "--connect-rate", type=float, default=0.0, help="connections started per s (0: no pace)"
+    )
     parser.add_argument("--connect-timeout", type=float, default=30.0)
     parser.add_argument("--mute", action="store_true", help="zombies: silent after one echo")
     parser.add_argument("--sessions", action="store_true", help="report open session ids")

@@ -20,15 +20,14 @@ shards and the supervisor all share the 2 cores. The issue's 10,000 (``--clients
 runs with ``--client-procs`` processes (default: one per 2500 clients, at least 2: 4, each
 far below the 20,000 open-files cap and at about 190 MiB) and one loopback source
 address per process (127.0.0.1-4, so no address needs more than its ~28,000 ephemeral
-ports for the old connections, the new ones and the TIME_WAITs of the kill). On the
-2-core machine (shared, 2026-11-27) 10,000 connected in about 11 s, but the restarted
-server did not get them all back within the 60 s bound: every reconnect carries the dead
-server's resume token, so it is passed to the supervisor, handed to a shard, and that
-shard asks the supervisor for the session (which nobody has). Under 10,000 of these the
-server falls behind (thousands of ``fetch_timeout`` lines: answers later than 5 s), client
-attempts time out (10 s) and are retried, and only a few hundred a second succeed. The run then
-reports how many were back ("not all" in the table); ``--seconds`` raises the bound.
-Each mode takes about ``--seconds`` + 30 s at that size.
+ports for the old connections, the new ones and the TIME_WAITs of the kill). Both servers
+run with ``--max-away-per-address`` raised to the client count: a client dropped again
+after its welcome must not evict another client's away session (the cap is per client
+address, 256 by default). The new server is started once every killed process is gone
+(a shard still exiting holds the listening socket); that wait is part of ``restart s``.
+The restarted server's HTTP refusals (``event=rejected reason=... status=...``: over
+``--max-pending-handshakes`` or ``--max-connections``) are counted under the table.
+Each mode takes about 20-40 s at that size.
 
 Output: a table with both rows and the ratio of the peak rates (none/full); the JSON
 (every row, the welcome-rate series and each client's time back); ``-reconnects.png``:
@@ -43,11 +42,12 @@ import json
 import logging
 import math
 import resource
+import subprocess
 import sys
 import time
 from typing import Any
 
-from bench._load import JsonProcess, Server
+from bench._load import SERVER_ROOT, JsonProcess, Server, pid_alive
 from bench._report import RESULTS, Progress, Report
 
 BUCKET_S = 0.1
@@ -225,6 +225,8 @@ def log_summary(server: Server) -> tuple[dict[str, int], list[str], list[str]]:
         key = f.get("event", "?")
         if key == "disconnect":
             key += f" kind={f.get('kind')} code={f.get('code')}"
+        elif key == "rejected":  # HTTP refusals before the upgrade (503 over capacity...)
+            key += f" reason={f.get('reason')} status={f.get('status')}"
         counts[key] = counts.get(key, 0) + 1
     notable = [
         line
@@ -234,9 +236,53 @@ def log_summary(server: Server) -> tuple[dict[str, int], list[str], list[str]]:
     return counts, notable, raw
 
 
+def start_on(port: int, server_args: list[str], shards: int, killed: list[int]) -> Server:
+    """A new server on ``port`` once the killed one's processes are gone (a shard that is
+    still exiting holds the listening socket: EADDRINUSE); one retry if it fails anyway."""
+    deadline = time.monotonic() + 5.0
+    for _ in range(500):  # bounded by the deadline
+        if not any(pid_alive(p) for p in killed) or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    for attempt in range(2):
+        server = Server(*server_args, shards=shards)
+        server.cmd[server.cmd.index("--port") + 1] = str(port)
+        try:
+            server.start()
+            return server
+        except RuntimeError:
+            server.kill()
+            if attempt:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def server_supports(flag: str) -> bool:
+    """Whether the server under test (``BENCH_SERVER_ROOT``: maybe an older tree) has
+    ``flag``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor", "--help"],
+        cwd=SERVER_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return flag in done.stdout
+
+
+def base_args(a: argparse.Namespace) -> list[str]:
+    """Both servers' arguments: a redrop of one client never evicts another's away
+    session (the cap is per client address), then ``--server-arg``s."""
+    away = ["--max-away-per-address", str(max(256, a.clients))]
+    return [*(away if server_supports(away[0]) else []), *a.server_arg]
+
+
 def run_one(jitter: str, a: argparse.Namespace, bar: Progress) -> dict[str, Any]:
-    extra = ["--shards", str(a.shards)]
-    first = Server(shards=a.shards)
+    server_args = a.server_args
+    extra = ["--shards", str(a.shards), *server_args]
+    first = Server(*server_args, shards=a.shards)
     second: Server | None = None
     children: list[ClientProcess] = []
     t_start = time.monotonic()
@@ -266,9 +312,7 @@ def run_one(jitter: str, a: argparse.Namespace, bar: Progress) -> dict[str, Any]
             t_kill = time.monotonic()
             first.kill()  # SIGKILL: supervisor + every shard_spawn pid
             kill_s = time.monotonic() - t_kill
-            second = Server(shards=a.shards)
-            second.cmd[second.cmd.index("--port") + 1] = str(port)
-            second.start()
+            second = start_on(port, server_args, a.shards, killed)
             t_up = time.monotonic()
             task = bar.add(f"{jitter}: back after the kill", total=a.clients)
             if not wait_for(children, "result", a.seconds - (t_up - t_kill), bar, task):
@@ -363,6 +407,17 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['restart_ready_s']:>9.2f} {r['peak_per_s']:>7.0f} {r['peak_at_s']:>9.1f} "
             f"{p50:>10} {allb:>10} {r['redrops']:>7} {r['shard_exits']:>11}"
         )
+    for r in rows:
+        refused = {
+            k.removeprefix("rejected "): v
+            for k, v in r.get("restarted_server_log", {}).items()
+            if k.startswith("rejected")
+        }
+        if "error" not in r:
+            lines.append(
+                f"{r['jitter']}: HTTP refusals by the restarted server (event=rejected):"
+                f" {sum(refused.values()):,}{' ' + str(refused) if refused else ''}"
+            )
     by = {r["jitter"]: r for r in rows if "error" not in r}
     if "none" in by and "full" in by and by["full"]["peak_per_s"]:
         ratio = by["none"]["peak_per_s"] / by["full"]["peak_per_s"]
@@ -427,6 +482,7 @@ def run_bench(a: argparse.Namespace) -> int:
             "client_procs": a.client_procs,
             "sources": a.sources,
             "seconds": a.seconds,
+            "server_args": " ".join(a.server_args),
         },
     )
     rows = []
@@ -483,6 +539,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seconds", type=float, default=60.0, help="bound per phase (default 60)")
     p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for both servers, repeatable; values that start with --"
+        " need the = form: --server-arg=--max-pending-handshakes --server-arg=5000",
+    )
+    p.add_argument(
         "--jitter",
         nargs="+",
         default=["full", "none"],
@@ -497,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.sources <= 0:
         a.sources = a.client_procs
     a.sources = min(a.sources, 254)
+    a.server_args = base_args(a)
     return run_bench(a)
 
 

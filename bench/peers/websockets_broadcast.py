@@ -3,7 +3,10 @@
 ``python -m bench.peers.websockets_broadcast --port 0``: one process. Every connection first
 gets ``{"type":"welcome"}``; a ``{"type":"say","text":T}`` is sent to every connection
 (sender included) as ``{"type":"said","from":N,"text":T}`` with ``websockets.broadcast``
-(one encode, then a non-blocking write per connection, like our shards' fan-out).
+(one encode, then a non-blocking write per connection, like our shards' fan-out). An
+``{"type":"echo","data":X}`` is answered ``{"type":"echo","data":X}`` to its sender only
+(the bystanders' echoes of ``python -m bench broadcast``: how long one waits during a
+broadcast).
 """
 
 from __future__ import annotations
@@ -29,9 +32,15 @@ async def handler(ws: ServerConnection) -> None:
                 msg = json.loads(message)
             except ValueError:
                 continue
-            if isinstance(msg, dict) and msg.get("type") == "say":
-                out = json.dumps({"type": "said", "from": me, "text": msg.get("text", "")})
+            if not isinstance(msg, dict):
+                continue
+            if msg.get("type") == "say":
+                said = {"type": "said", "from": me, "text": msg.get("text", "")}
+                out = json.dumps(said, separators=(",", ":"))  # as compact as ours
                 broadcast(CLIENTS, out)
+            elif msg.get("type") == "echo":
+                echo = {"type": "echo", "data": msg.get("data")}
+                await ws.send(json.dumps(echo, separators=(",", ":")))
     finally:
         CLIENTS.discard(ws)
 

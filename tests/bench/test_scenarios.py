@@ -106,16 +106,28 @@ def test_idle_holds_its_connections_and_reports_per_shard(tmp_path: Path) -> Non
         "--duration",
         "2",
         "--idle-window",
-        "1",
+        "1.5",
+        "--interval",
+        "0.5",
+        "--timeout",
+        "5",
+        "--connect-rate",
+        "500",
     )
     (summary,) = doc["data"]["summary"]
-    assert summary["held"] == 300
+    assert summary["held"] == 300 and summary["closed"] == 0
+    assert summary["heartbeat"] == "0.5 s/5 s"
+    assert len(summary["kib_per_connection_per_shard"]) == 2
     (variant,) = doc["data"]["variants"]
     assert variant["open_end"] == 300
     assert not variant["disconnects"]
     assert len(variant["per_shard"]) == 2
     assert sum(s["sockets"] for s in variant["per_shard"]) >= 300
     assert variant["rtts"], "the active clients measured no round trip"
+    # Every connection was pinged in the idle window (0.5 s interval, 1.5 s window) and
+    # the figure per ping/pong is reported.
+    assert variant["pongs"] >= 300 and summary["hb_us_per_ping"] > 0
+    assert "us/ping" in doc["_out"] and "conntrack entries" in doc["_out"]
 
 
 def test_echo_measures_ours_and_profiles_the_shard(tmp_path: Path) -> None:
@@ -195,6 +207,7 @@ def test_resume_cuts_loses_nothing(tmp_path: Path) -> None:
 def test_storm_gets_every_client_back(tmp_path: Path) -> None:
     doc = run_bench(tmp_path, "storm", "--clients", "100", "--jitter", "full", "--seconds", "40")
     (row,) = doc["data"]["rows"]
+    assert "HTTP refusals by the restarted server" in doc["_out"]
     assert row["reconnected"] == 100 and row["shard_exits"] == 0, (
         {k: row[k] for k in ("reconnected", "shard_exits", "restarted_server_notable")},
         doc["_out"],
@@ -202,11 +215,17 @@ def test_storm_gets_every_client_back(tmp_path: Path) -> None:
 
 
 def test_broadcast_reaches_every_receiver_of_each_server(tmp_path: Path) -> None:
-    doc = run_bench(tmp_path, "broadcast", "--clients", "100", "--says", "1")
+    doc = run_bench(tmp_path, "broadcast", "--clients", "100", "--says", "1", "--echo-says", "1")
     rows = doc["data"]["rows"]
     assert any(r["server"].startswith("ours") for r in rows)
     for row in rows:
-        assert [say["received"] for say in row["says"]] == [100], row["server"]
+        assert [say["received"] for say in row["says"]] == [100, 100], row["server"]
+        assert [say["echoes"] for say in row["says"]] == [False, True]
+        # The bystanders echoed around the second say and their round trips were timed.
+        assert row["bystander_echoes"] > 0 and not row["errors"], row
+        assert row["says"][1]["echo_base_p50_ms"] is not None
+    if len(rows) == 2:  # the peer ran: the ratio line is printed
+        assert "ours / websockets at 100 clients" in doc["_out"]
 
 
 def test_rolling_replaces_every_shard_and_loses_nothing(tmp_path: Path) -> None:
@@ -228,7 +247,16 @@ async def test_echo_broadcast_and_idle_measure_a_running_server_by_url(tmp_path:
                 tmp_path / "echo", "echo", "--url", url, "--connections", "2", "--seconds", "1"
             )
             said = run_bench(
-                tmp_path / "broadcast", "broadcast", "--url", url, "--clients", "50", "--says", "1"
+                tmp_path / "broadcast",
+                "broadcast",
+                "--url",
+                url,
+                "--clients",
+                "50",
+                "--says",
+                "1",
+                "--echo-says",
+                "1",
             )
             idle = run_bench(
                 tmp_path / "idle",
@@ -249,7 +277,7 @@ async def test_echo_broadcast_and_idle_measure_a_running_server_by_url(tmp_path:
         assert row["messages"] > 0 and not row["errors"]
         assert not echo["data"]["profile"]  # not our process to sample
         (broadcast,) = said["data"]["rows"]
-        assert [say["received"] for say in broadcast["says"]] == [50]
+        assert [say["received"] for say in broadcast["says"]] == [50, 50]
         (summary,) = idle["data"]["summary"]
         assert summary["held"] == 200
         # The running server was measured, not stopped: it still serves.
