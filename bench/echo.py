@@ -14,6 +14,8 @@ Servers (each on a free port of 127.0.0.1, started and killed by pid in a ``fina
 * ``ours echo 1sh``  ``python -m supervisor --app echo --shards 1`` (raw frame echo);
 * ``ours echo 2sh``  the same with ``--shards 2`` (not pinned: both cores);
 * ``ours demo 1sh``  the default app: welcome, then ``{"type":"echo",...,"seq":n}``;
+* ``ours demo stream`` the same with ``--durability stream`` (each reply journaled to the
+  supervisor before it is sent): the cost of exactly-once through a crash;
 * ``websockets``     python-websockets (asyncio) raw echo, ``bench/peers/websockets_echo.py``;
 * ``aiohttp``        aiohttp echo, ``bench/peers/aiohttp_echo.py`` (skipped if missing);
 * ``picows``         picows + uvloop echo, ``bench/peers/picows_echo.py`` (skipped if missing).
@@ -136,6 +138,14 @@ def targets(only: list[str] | None) -> list[Target]:
         Target("ours echo 1sh", "ours", ["--app", "echo"], 1, pin),
         Target("ours echo 2sh", "ours", ["--app", "echo"], 2, False),
         Target("ours demo 1sh", "ours", ["--app", "demo"], 1, pin, welcome=True),
+        Target(
+            "ours demo stream",
+            "ours",
+            ["--app", "demo", "--durability", "stream"],
+            1,
+            pin,
+            welcome=True,
+        ),
         Target("websockets", "peer", ["bench.peers.websockets_echo"], pin=pin),
         Target("aiohttp", "peer", ["bench.peers.aiohttp_echo"], pin=pin),
         Target("picows", "peer", ["bench.peers.picows_echo"], pin=pin),
@@ -523,15 +533,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def demo_vs_websockets(rows: list[dict[str, Any]]) -> dict[int, float]:
-    """msgs/s of the default app (``ours demo 1sh``: JSON decode, ``seq``, encode) over
-    python-websockets' raw echo (``websockets``), per connection count."""
+def throughput_ratio(rows: list[dict[str, Any]], top: str, bottom: str) -> dict[int, float]:
+    """msgs/s of server ``top`` over server ``bottom``, per connection count: the default
+    app (``ours demo 1sh``: JSON decode, ``seq``, encode) over python-websockets' raw echo,
+    or ``ours demo stream`` over ``ours demo 1sh`` (what the journal costs)."""
     by = {(r["server"], r["connections"]): r["msgs_per_s"] for r in rows}
     out = {}
     for c in sorted({r["connections"] for r in rows}):
-        demo, ws = by.get(("ours demo 1sh", c)), by.get(("websockets", c))
-        if demo is not None and ws:
-            out[c] = round(demo / ws, 2)
+        mine, theirs = by.get((top, c)), by.get((bottom, c))
+        if mine is not None and theirs:
+            out[c] = round(mine / theirs, 2)
     return out
 
 
@@ -633,7 +644,8 @@ def run_bench(a: argparse.Namespace) -> int:
             profile = profile_ours(a, work)
             bar.advance(task)
     add_ratios(rows, {t.name for t in ts if t.kind == "peer"})
-    ratios = demo_vs_websockets(rows)
+    ratios = throughput_ratio(rows, "ours demo 1sh", "websockets")
+    stream = throughput_ratio(rows, "ours demo stream", "ours demo 1sh")
     print()
     print(table(rows))
     print(legend(a))
@@ -643,12 +655,24 @@ def run_bench(a: argparse.Namespace) -> int:
             + ", ".join(f"{r:.2f}x at {c}" for c, r in ratios.items())
             + " connections"
         )
+    if stream:
+        print(
+            "--durability stream vs checkpoint (ours demo stream / ours demo 1sh): "
+            + ", ".join(f"{r:.2f}x at {c}" for c, r in stream.items())
+            + " connections"
+        )
     if a.profile:
         print()
         print(profile_text(profile))
     for name, why in skipped.items():
         print(f"skipped:  {name}: {why}")
-    data = {"rows": rows, "skipped": skipped, "profile": profile, "demo_vs_websockets": ratios}
+    data = {
+        "rows": rows,
+        "skipped": skipped,
+        "profile": profile,
+        "demo_vs_websockets": ratios,
+        "stream_vs_checkpoint": stream,
+    }
     run.finish(data, {"msgs": lambda plt: chart(rows, plt)} if rows else {})
     return 0
 

@@ -107,6 +107,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
     args += ["--max-connections", str(min(MAX_PER_PROCESS, math.ceil(per_shard * 1.3) + 64))]
     if name == "default":
         args.append("--no-gc-tuning")
+    args += a.server_arg
     server = Server(*args, shards=a.shards) if not a.url else None
     workers: list[Child] = []
     active: Child | None = None
@@ -668,6 +669,7 @@ def headline(r: dict[str, Any], a: argparse.Namespace) -> str:
         + " echo p50/p99/p99.9"
         f" {_ms(percentile(rtt, 50))}/{_ms(percentile(rtt, 99))}/{_ms(percentile(rtt, 99.9))}"
         f" ms ({len(rtt):,} round trips); conntrack {r.get('conntrack')}"
+        + (f"; with {' '.join(a.server_arg)}" if a.server_arg else "")
     )
 
 
@@ -752,6 +754,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--gc", choices=["both", "tuned", "default"], default="tuned", help="(default tuned)"
+    )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more supervisor argument, repeatable; values that start with -- need the"
+        " = form: --server-arg=--durability --server-arg=stream",
     )
     parser.add_argument(
         "--workers",
