@@ -102,6 +102,7 @@ RECV_SIZE = 256 * 1024  # one shared receive buffer; a read takes at most this
 MAX_IOV = 64  # frames per writev
 LAZY_OVERHEAD = 24  # budget bytes of a lazily stamped frame besides its body
 PING_PAYLOAD = b"hb"
+cdef bytes PING_FRAME = ping_frame(PING_PAYLOAD)  # built once: every ping is the same bytes
 
 cdef int C_READ_BATCH = 256
 cdef int C_FLUSH_BATCH = 512
@@ -279,10 +280,13 @@ cdef class Link:
         return True
 
     cpdef ping(self):
-        """A WebSocket ping; skipped while output is pending (the timeout will judge)."""
-        if self._state == S_OPEN and not self.out:
+        """A WebSocket ping, queued behind any pending output: a client that is reading a
+        backlog answers once it reaches the ping (within the timeout, or it is judged
+        silent). Never skipped: an idle client that got no ping would have nothing to
+        answer and be closed as a zombie while it was reading."""
+        if self._state == S_OPEN:
             self.awaiting_pong = True
-            self._push(ping_frame(PING_PAYLOAD))
+            self._push(PING_FRAME)
 
     def pause(self, bint paused):
         """Stop (or resume) reading this connection: what it sends waits in the kernel."""
