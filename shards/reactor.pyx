@@ -664,6 +664,7 @@ cdef class Reactor:
         cdef double now
         cdef Link link
         cdef uint64_t drained
+        cdef list answered = None
         if n > 0:
             now = _current_time()
             self.batching = True
@@ -687,12 +688,27 @@ cdef class Reactor:
                             self._write(link)
                         if mask & (EPOLLIN | EPOLLHUP | EPOLLERR) and link._state != S_ENDED:
                             self._read(link, now)
+                            if link.out and not link.watching_out:
+                                if answered is None:
+                                    answered = []
+                                answered.append(link)
                     except Exception as exc:
                         self._failed(link, exc)
             finally:
                 self.batching = False
         if self.before_flush is not None and not self.before_flush():
             return True  # the journal is not in the kernel yet: no client write before it
+        if answered is not None:
+            # What this batch's input produced goes out now, ahead of a broadcast's backlog
+            # (a say to 10,000 queues 10,000 links): an echo waits for one batch, not for
+            # the whole fan-out. Per link the order is kept (its frames are one queue); the
+            # link's place in the backlog finds nothing left to write.
+            for link in answered:
+                if link._state != S_ENDED and link.out and not link.watching_out:
+                    try:
+                        self._write(link)
+                    except Exception as exc:
+                        self._failed(link, exc)
         if self._pending:
             self._flush()
         return n == C_READ_BATCH or bool(self._pending)
