@@ -6,7 +6,8 @@
  *               [--connect-timeout S]
  *
  * Opens N WebSocket connections (HTTP/1.1 upgrade, at most 200 handshakes in flight,
- * source addresses round-robin), with --welcome discards each one's first data message,
+ * source addresses round-robin), with --welcome discards each one's first data message
+ * (and later counts only messages with "type":"echo" as replies, the rest unsolicited),
  * prints "ready" and waits for a line on stdin. Then a closed loop: every connection sends
  * one masked text frame (the payload file), waits for one whole data message back, records
  * the round trip and sends the next, until --count replies in all or --seconds (the
@@ -420,7 +421,12 @@ static void on_message(conn_t *c, const uint8_t *body, size_t n, uint64_t now) {
         now_open(c);
         return;
     }
-    if (c->state != ST_OPEN || !c->busy) {
+    /* With --welcome (an app, not a raw echo) only an echo answers a request: the app
+     * also sends messages of its own (the default app's user_left to every lobby
+     * session when the previous run's connections leave), which must not be taken for
+     * the reply. */
+    if (c->state != ST_OPEN || !c->busy ||
+        (opt.welcome && !memmem(body, n, "\"type\":\"echo\"", 13))) {
         unsolicited++;
         return;
     }
