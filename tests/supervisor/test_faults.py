@@ -8,7 +8,7 @@ import signal
 import pytest
 import trio
 
-from tests.supervisor.rolling_harness import Crowd, Player, run_crowd
+from lab.crowd import Crowd, Player, run_crowd
 from tests.support import open_server
 
 pytestmark = pytest.mark.timeout(180)

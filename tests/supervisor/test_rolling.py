@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import trio
 
-from tests.supervisor.rolling_harness import ROLL_ARGS, Crowd, Player, paths, run_crowd
+from lab.crowd import ROLL_ARGS, Crowd, Player, paths, run_crowd
 from tests.support import open_server
 
 pytestmark = pytest.mark.timeout(300)

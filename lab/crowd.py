@@ -1,4 +1,4 @@
-"""Players with numbered traffic both ways through a rolling restart (or a crash), counted.
+"""Reconnecting players with numbered traffic both ways through a roll or a crash, counted.
 
 Shared by the rolling-restart tests and ``bench/rolling.py``: N reconnecting clients
 (``client.open_reconnecting_client``) spread over the lobby and rooms; each sends numbered
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import trio
 
 from client import Backoff, Connected, Message, Resumed, SessionLost, open_reconnecting_client
-from tests.support import ServerProcess
+from lab.server import ServerProcess
 
 # A rolling restart that fits a test: quick reconnect hints, a 2 s close window, short
 # drains, sub-second heartbeats.
