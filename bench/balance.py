@@ -23,7 +23,8 @@ import trio
 
 from bench._report import Progress, Report
 from core.balance import max_min_ratio
-from tests.support import RawClient, open_server
+from lab.rawws import RawClient
+from lab.server import open_server
 
 MODES: dict[str, list[str]] = {"kernel only": ["--no-accept-balancing"], "load-aware": []}
 

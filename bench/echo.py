@@ -69,9 +69,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._load import CLK_TCK, Server, cpu_seconds, parse_ws_url
 from bench._report import Report
 from bench.loadgen import NativeBuildError, echo_client
+from lab.procfs import CLK_TCK, cpu_seconds
+from lab.rawws import parse_ws_url
+from lab.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

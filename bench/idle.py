@@ -27,7 +27,7 @@ CPython's thresholds) a fresh supervisor is started with heartbeats on (``--hear
 preset, or ``--interval``/``--timeout``) and:
 
 1. ``--connections`` idle WebSocket clients are opened from ``--workers`` processes
-   (``python -m bench._load pool``: raw sockets and epoll; they answer every ping with a
+   (``python -m bench.clients pool``: raw sockets and epoll; they answer every ping with a
    pong, read everything the server sends and send nothing else);
 2. each shard's RSS is read before and after connecting (``/proc/<pid>/status`` VmRSS),
    with its open sockets: RSS growth per connection, per shard and in all (the default
@@ -65,7 +65,6 @@ import argparse
 import collections
 import contextlib
 import math
-import os
 import re
 import statistics
 import threading
@@ -73,16 +72,11 @@ import time
 import urllib.request
 from typing import Any
 
-from bench._load import (
-    SERVER_ROOT,
-    Child,
-    Server,
-    cpu_seconds,
-    parse_ws_url,
-    percentile,
-    rss_kib,
-)
-from bench._report import Progress, Report, TreeCpu
+from bench._report import Progress, Report, percentile
+from bench.clients import Child
+from lab.procfs import TreeCpu, cpu_seconds, open_sockets, rss_kib
+from lab.rawws import parse_ws_url
+from lab.server import SERVER_ROOT, Server
 
 # Control run (--no-heartbeat): the long preset pings after 300 s, i.e. never in a run.
 NO_HEARTBEAT = ("--heartbeat", "long")
@@ -167,7 +161,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
         out["per_shard"] = []
         for p in pids:
             after = rss_kib(p)
-            sockets = _sockets(p)
+            sockets = open_sockets(p)
             out["per_shard"].append(
                 {"pid": p, "sockets": sockets, "rss_before_kib": rss_before[p], "rss_kib": after}
             )
@@ -395,16 +389,6 @@ def _conntrack_max() -> int | None:
             return int(f.read())
     except (OSError, ValueError):
         return None
-
-
-def _sockets(pid: int) -> int:
-    """Open sockets of ``pid`` (its connections, plus a few of its own)."""
-    count = 0
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-    return count
 
 
 def _sample_cpu(pids: list[int], out: list[tuple[float, float]], stop: threading.Event) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from bench._report import Progress, Report
-from tests.support import open_server
+from lab.server import open_server
 
 
 async def respawn_times(

@@ -40,8 +40,7 @@ from typing import Any
 import trio
 from trio_websocket import open_websocket_url
 
-from bench._load import percentile
-from bench._report import Progress, Report
+from bench._report import Progress, Report, percentile
 from bench.netcut import CuttingProxy
 from client import (
     Away,
@@ -52,7 +51,7 @@ from client import (
     SessionLost,
     open_reconnecting_client,
 )
-from tests.support import open_server
+from lab.server import open_server
 
 
 @dataclass

@@ -2,10 +2,10 @@
 
 Run as ``python -m bench routing [--connections 2000] [--shards 4] [--tasks 16]``.
 
-A supervisor is started (``tests.support.open_server``, ``--port 0``) with the default app.
+A supervisor is started (``lab.server.open_server``, ``--port 0``) with the default app.
 A *setup* is: TCP connect + WebSocket handshake + reading the ``welcome``; the client then
 closes with 1000 (and reads the server's close frame) before its next connection. Clients
-are ``tests.support.RawClient`` (wsproto on a trio socket) in ``--client-procs`` separate
+are ``lab.rawws.RawClient`` (the server's own codec on a trio socket) in ``--client-procs`` separate
 processes, ``--tasks`` concurrent tasks in all, started together on a barrier.
 
 * ``lobby /``: always served by the shard whose accept won (``direct``).
@@ -46,9 +46,10 @@ from typing import Any
 
 import trio
 
-from bench._load import CLK_TCK, cpu_seconds, loadavg, percentile
-from bench._report import Progress, Report
-from tests.support import ROOT, Closed, RawClient, ServerProcess, open_server
+from bench._report import Progress, Report, percentile
+from lab.procfs import cpu_seconds, loadavg, system_busy_s
+from lab.rawws import Closed, RawClient
+from lab.server import ROOT, ServerProcess, open_server
 
 ROOM = "bench"
 
@@ -280,13 +281,6 @@ def _ratios(lobby: Phase, room: Phase, probe_room: Phase) -> list[str]:
     return out
 
 
-def _system_busy_s() -> float:
-    """CPU seconds all CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat", encoding="ascii") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
-
-
 class CpuMeter:
     """CPU over the whole run: the server's processes (from /proc, read while they
     live), the client processes (waited for), this process, and everything else."""
@@ -294,7 +288,7 @@ class CpuMeter:
     def __init__(self, server_pids: list[int]) -> None:
         self.pids = server_pids
         self.started = time.monotonic()
-        self.busy = _system_busy_s()
+        self.busy = system_busy_s()
         self.server = sum(_cpu(self.pids))
         self.mine = self._mine()
 
@@ -306,7 +300,7 @@ class CpuMeter:
 
     def done(self) -> str:
         wall = time.monotonic() - self.started
-        busy = _system_busy_s() - self.busy
+        busy = system_busy_s() - self.busy
         server = sum(_cpu(self.pids)) - self.server
         me, kids = (now - then for now, then in zip(self._mine(), self.mine, strict=True))
         other = max(0.0, busy - server - me - kids)

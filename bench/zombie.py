@@ -51,8 +51,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench._cable import Cable, CableClients
-from bench._load import SERVER_ROOT, Child, Server
 from bench._report import Chart, Progress, Report, command_line
+from bench.clients import Child
+from lab.server import SERVER_ROOT, Server
 
 PRESETS: dict[str, tuple[list[str], float, float]] = {
     "sub": (["--heartbeat-interval", "0.5", "--heartbeat-timeout", "1"], 0.5, 1.0),
