@@ -21,6 +21,7 @@ display falls back to one line per stage on stderr. Both come with ``pip install
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -40,6 +41,22 @@ from lab.server import ROOT
 # BENCH_RESULTS=DIR writes elsewhere (the smoke tests use a temporary directory).
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "bench" / "results")
 Chart = Callable[[Any], Any]  # (matplotlib.pyplot) -> Figure
+
+
+def scenario_parser(name: str, doc: str | None, raw: bool = True) -> argparse.ArgumentParser:
+    """The command line of ``python -m bench NAME``; its help is ``doc`` (kept as written
+    with ``raw``, re-wrapped without)."""
+    return argparse.ArgumentParser(
+        prog=f"python -m bench {name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter,
+    )
+
+
+def table_head(columns: str) -> None:
+    """Print a table's column titles and a rule as wide."""
+    print(columns)
+    print("-" * len(columns))
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -38,6 +38,10 @@ so every time includes the time the receiver processes need to read N frames (th
 seconds are printed: about 10-25 us per frame; a whole small frame per read is taken
 without the general parser and its tag found without a JSON decode). 10,000 receivers
 (``--clients 10000``) connect in 10-15 s per server on the 2-core machine.
+
+Why over 300 lines: besides the fan-out it drives the bystanders from this process (an
+open-loop echo schedule around each say, ``Bystanders``) and runs everything against the
+python-websockets peer too; the receivers are ``bench.clients.recv``.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench._report import Progress, Report, percentile
+from bench._report import Progress, Report, percentile, scenario_parser
 from bench.clients import Child, wait_all
 from bench.echo import PeerProcess
 from lab.rawws import (
@@ -509,11 +513,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench broadcast",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = scenario_parser("broadcast", __doc__)
     p.add_argument(
         "--clients", type=_sizes, default=[1000], help="receivers, comma-separated (default 1000)"
     )

@@ -20,7 +20,6 @@ old one is gone) and ``roll_step`` (its players are back; the next shard starts)
 
 from __future__ import annotations
 
-import argparse
 import signal
 import statistics
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import trio
 
-from bench._report import Progress, Report
+from bench._report import Progress, Report, scenario_parser
 from lab.crowd import ROLL_ARGS, Crowd, Player, paths, run_crowd
 from lab.server import ServerProcess, open_server
 
@@ -189,11 +188,7 @@ def timeline_chart(data: dict[str, Any], players: int, shards: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench rolling",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = scenario_parser("rolling", __doc__)
     parser.add_argument("--players", type=int, default=200, help="players (default 200)")
     parser.add_argument("--shards", type=int, default=4, help="server shards (default 4)")
     parser.add_argument(

@@ -33,6 +33,11 @@ Output: a table with both rows and the ratio of the peak rates (none/full); the 
 (every row, the welcome-rate series and each client's time back); ``-reconnects.png``:
 reconnects per second over time and the cumulative number of clients back, one line per
 jitter mode (dashed: when the restarted server logged ``ready``).
+
+Why over 300 lines: one run is a whole sequence (start, connect N clients, kill the tree, restart on
+the same port once the old processes are gone, wait for everyone, read both servers' logs),
+done per jitter mode and compared in a table and a chart; the clients themselves are
+``bench.clients.reconnecting``.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import sys
 import time
 from typing import Any
 
-from bench._report import RESULTS, Progress, Report
+from bench._report import RESULTS, Progress, Report, scenario_parser
 from bench.clients import Child, wait_all
 from lab.procfs import pid_alive
 from lab.server import SERVER_ROOT, Server
@@ -351,11 +356,7 @@ def run_bench(a: argparse.Namespace) -> int:
 
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m bench storm",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = scenario_parser("storm", __doc__)
     p.add_argument(
         "--clients",
         type=int,

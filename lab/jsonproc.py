@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,14 @@ class StdinCommands:
             return None
         *lines, self._buf = (self._buf + chunk).split(b"\n")
         return [line.decode() for line in lines]
+
+    def dispatch(self, command: Callable[[str], bool]) -> bool:
+        """Hand every line that came to ``command``; False once the parent closed stdin or
+        a command returned False (time to stop)."""
+        lines = self.read()
+        if lines is None:
+            return False
+        return all([command(line) for line in lines])  # every line, even after a stop
 
 
 # ====================================================================== the parent's side

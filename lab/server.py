@@ -363,15 +363,11 @@ class Server:
         with self._cond:
             return self.log.events(event, after, **match)
 
-    def wait_for(
-        self,
-        event: str,
-        predicate: Predicate = None,
-        *,
-        timeout: float = 20.0,
-        after: int = 0,
-        **match: Any,
-    ) -> dict[str, str]:
+    def wait_for(self, event: str, predicate: Predicate = None, **options: Any) -> dict[str, str]:
+        """``TrioLog.wait_for``, blocking: ``timeout`` (20 s), ``after`` (0), then the fields
+        to match; raises ``RuntimeError`` at once if the supervisor exits."""
+        timeout, after = options.pop("timeout", 20.0), options.pop("after", 0)
+        match = options
         deadline = time.monotonic() + timeout
         i = after
         with self._cond:

@@ -9,7 +9,8 @@ or ``--seconds``):
 - ``zombie``: one client that goes silent, to be SIGSTOPped (``zombie``);
 - ``recv``: broadcast receivers stamping each ``said`` (``broadcast``);
 - ``reconnecting``: library clients through a crash, welcomes timed (``storm``);
-- ``cable``: clients in a network namespace, pulled one by one (``zombie``).
+- ``cable``: clients in a network namespace, pulled one by one (``zombie``);
+- ``setups``: timed connection setups, several at a time (``routing``).
 
 The parent holds each as a ``Child``; ``wait_all`` polls several until each said ``ready``
 (or sent its ``result``), for a progress bar.

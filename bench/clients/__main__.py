@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODES = ("pool", "active", "zombie", "recv", "reconnecting", "cable")
+MODES = ("pool", "active", "zombie", "recv", "reconnecting", "cable", "setups")
 
 
 def main(argv: list[str] | None = None) -> int:

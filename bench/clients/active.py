@@ -178,10 +178,10 @@ def run(a: argparse.Namespace) -> None:
     stop_at = time.monotonic() + a.max_seconds
     while time.monotonic() < stop_at:
         events = ep.poll(0.5)
-        if any(fd == stdin.fd for fd, _ in events):
-            lines = stdin.read()
-            if lines is None or "close" in lines:
-                break
+        if any(fd == stdin.fd for fd, _ in events) and not stdin.dispatch(
+            lambda line: line != "close"
+        ):
+            break
         for fd, _ev in events:
             i = by_fd[fd]
             if i < 0:

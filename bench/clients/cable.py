@@ -110,13 +110,7 @@ def run(a: argparse.Namespace) -> None:
     while running and time.monotonic() < stop_at:
         for fd, _ev in ep.poll(0.5):
             if fd == stdin.fd:
-                lines = stdin.read()
-                if lines is None:
-                    running = False
-                    break
-                for line in lines:
-                    if not command(line):
-                        running = False
+                running = stdin.dispatch(command)
                 continue
             c = by_fd.get(fd)
             if c is None or c["state"] != "open":

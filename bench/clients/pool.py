@@ -306,13 +306,7 @@ class Pool:
             timeout = 0.005 if self.to_open > 0 and a.connect_rate > 0 else 0.5
             for fd, ev in self.ep.poll(timeout):
                 if fd == stdin.fd:
-                    lines = stdin.read()
-                    if lines is None:
-                        running = False
-                        break
-                    for line in lines:
-                        if not self._handle_command(line):
-                            running = False
+                    running = stdin.dispatch(self._handle_command)
                     continue
                 conn = self.conns.get(fd)
                 if conn is None or conn.state in (_CLOSED, _MUTE):
