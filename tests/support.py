@@ -1,9 +1,8 @@
-"""Test support: the lab kit's server and raw client, and what only the tests need.
+"""Test support beyond the lab kit: trio-websocket clients, a welcomed raw client, a bystander.
 
-The server tree (``open_server``: ``--port 0``, the port from the ``ready`` line, every
-pid killed in a ``finally``), its log waits and the raw-socket client come from ``lab``;
-here are the trio-websocket helpers, ``welcomed`` and the ``bystander``.
-Waiting is always on a log line or a socket, never on a bare sleep.
+The server tree (``lab.server.open_server``), its log waits and the raw-socket client
+(``lab.rawws.RawClient``) come from the kit. Waiting is always on a log line or a
+socket, never on a bare sleep.
 """
 
 from __future__ import annotations
@@ -16,25 +15,8 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from lab.procfs import pid_alive
-from lab.rawws import Closed, RawClient
-from lab.server import ROOT, ServerProcess, TrioLog, open_server
-
-__all__ = [
-    "ROOT",
-    "Closed",
-    "RawClient",
-    "ServerProcess",
-    "TrioLog",
-    "bystander",
-    "open_client",
-    "open_server",
-    "pid_alive",
-    "receive_json",
-    "receive_until",
-    "resume_path",
-    "welcomed",
-]
+from lab.rawws import RawClient
+from lab.server import ServerProcess
 
 
 @asynccontextmanager

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import RawClient, bystander, open_server
+from lab.rawws import RawClient
+from lab.server import open_server
+from tests.support import bystander
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,7 +15,9 @@ import pytest
 import trio
 
 from core.ws_codec import OP_PING, FrameEncoder
-from tests.support import RawClient, bystander, open_server
+from lab.rawws import RawClient
+from lab.server import open_server
+from tests.support import bystander
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,7 +14,9 @@ import signal
 import pytest
 import trio
 
-from tests.support import Closed, RawClient, bystander, open_server, resume_path
+from lab.rawws import Closed, RawClient
+from lab.server import open_server
+from tests.support import bystander, resume_path
 
 pytestmark = pytest.mark.timeout(120)
 

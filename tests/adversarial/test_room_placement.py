@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import trio
 
-from tests.support import RawClient, ServerProcess, open_server, welcomed
+from lab.rawws import RawClient
+from lab.server import ServerProcess, open_server
+from tests.support import welcomed
 
 pytestmark = pytest.mark.timeout(90)
 

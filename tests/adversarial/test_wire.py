@@ -18,7 +18,9 @@ import trio
 
 from core.logfmt import parse
 from core.ws_codec import FrameEncoder
-from tests.support import RawClient, ServerProcess, bystander, open_server
+from lab.rawws import RawClient
+from lab.server import ServerProcess, open_server
+from tests.support import bystander
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import trio
 
-from tests.support import Closed, RawClient, open_server, resume_path
+from lab.rawws import Closed, RawClient
+from lab.server import open_server
+from tests.support import resume_path
 
 pytestmark = pytest.mark.timeout(90)
 

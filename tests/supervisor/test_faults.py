@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from lab.crowd import Crowd, Player, run_crowd
-from tests.support import open_server
+from lab.server import open_server
 
 pytestmark = pytest.mark.timeout(180)
 
