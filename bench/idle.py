@@ -263,8 +263,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
         out["client_closed"] = dict(
             sum((collections.Counter(s["closed"]) for s in stats), collections.Counter())
         )
-        lines = server.lines if server is not None else []  # --url: its log is not ours
-        raw = server.raw if server is not None else []
+        lines, raw = server.snapshot() if server is not None else ([], [])  # --url: not ours
         disconnects = [f for f in lines if f.get("event") == "disconnect"]
         out["disconnects"] = collections.Counter(f.get("kind", "?") for f in disconnects)
         out["disconnect_lines"] = [

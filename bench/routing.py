@@ -51,7 +51,7 @@ from typing import Any
 import trio
 
 from bench._report import Progress, Report, percentile, scenario_parser
-from lab.procfs import cpu_seconds, loadavg, system_busy_s
+from lab.procfs import cpu_seconds_each, loadavg, system_busy_s
 from lab.rawws import Closed, RawClient
 from lab.server import ROOT, ServerProcess, open_server
 
@@ -88,16 +88,6 @@ class Phase:
             else:
                 direct.append(setup)
         return direct, routed
-
-
-def _cpu(pids: list[int]) -> list[float]:
-    out = []
-    for pid in pids:
-        try:
-            out.append(cpu_seconds(pid))
-        except (OSError, IndexError):
-            out.append(0.0)
-    return out
 
 
 async def _run_clients(
@@ -141,7 +131,7 @@ async def _run_clients(
                     nursery.start_soon(read, i, ready)
                 for _ in range(procs):
                     await ready.acquire()
-                cpu_before = _cpu(pids)
+                cpu_before = cpu_seconds_each(pids)
                 for child in children:
                     assert child.stdin is not None
                     await child.stdin.send_all(b"go\n")
@@ -153,7 +143,9 @@ async def _run_clients(
                 child.kill()
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await child.wait()
-    used = [after - before for after, before in zip(_cpu(pids), cpu_before, strict=True)]
+    used = [
+        after - before for after, before in zip(cpu_seconds_each(pids), cpu_before, strict=True)
+    ]
     phase.cpu = [a + b for a, b in zip(phase.cpu or [0.0] * len(used), used, strict=True)]
     starts, ends, done = [], [], 0
     for i, out in enumerate(outputs):
@@ -258,7 +250,7 @@ class CpuMeter:
         self.pids = server_pids
         self.started = time.monotonic()
         self.busy = system_busy_s()
-        self.server = sum(_cpu(self.pids))
+        self.server = sum(cpu_seconds_each(self.pids))
         self.mine = self._mine()
 
     @staticmethod
@@ -270,7 +262,7 @@ class CpuMeter:
     def done(self) -> str:
         wall = time.monotonic() - self.started
         busy = system_busy_s() - self.busy
-        server = sum(_cpu(self.pids)) - self.server
+        server = sum(cpu_seconds_each(self.pids)) - self.server
         me, kids = (now - then for now, then in zip(self._mine(), self.mine, strict=True))
         other = max(0.0, busy - server - me - kids)
 

@@ -39,6 +39,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_seconds_each(pids: list[int]) -> list[float]:
+    """``cpu_seconds`` of each pid, 0.0 for one that is gone."""
+    out = []
+    for pid in pids:
+        try:
+            out.append(cpu_seconds(pid))
+        except (OSError, IndexError):
+            out.append(0.0)
+    return out
+
+
 def rss_kib(pid: int) -> int:
     """VmRSS of ``pid`` in KiB (0 if it is gone)."""
     try:

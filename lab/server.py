@@ -259,14 +259,6 @@ class Server:
         self._cond = threading.Condition()  # guards ``log``; notified at every line
         self._thread: threading.Thread | None = None
 
-    @property
-    def lines(self) -> list[dict[str, str]]:
-        return self.log.lines
-
-    @property
-    def raw(self) -> list[str]:
-        return self.log.raw
-
     # ------------------------------------------------------------------ start / stop
     def start(self, timeout: float = 60.0) -> None:
         self.process = subprocess.Popen(

@@ -103,8 +103,15 @@ def run(a: argparse.Namespace) -> None:
                             if started is not None:
                                 say_rtts.append((started - t0, (received - started) * 1000.0))
 
+    stdin: StdinCommands | None = None  # read once the result is out
+    going = True
+
     def poll(timeout: float) -> None:
+        nonlocal going
         for fd, _ev in ep.poll(timeout):
+            if stdin is not None and fd == stdin.fd:
+                going = stdin.dispatch(lambda line: line != "close")
+                continue
             i = by_fd[fd]
             try:
                 data = clients[i]["sock"].recv(262144)
@@ -174,25 +181,8 @@ def run(a: argparse.Namespace) -> None:
     )
     # Linger until told to go (bounded), still answering pings and close frames.
     stdin = StdinCommands(ep)
-    by_fd[stdin.fd] = -1
     stop_at = time.monotonic() + a.max_seconds
-    while time.monotonic() < stop_at:
-        events = ep.poll(0.5)
-        if any(fd == stdin.fd for fd, _ in events) and not stdin.dispatch(
-            lambda line: line != "close"
-        ):
-            break
-        for fd, _ev in events:
-            i = by_fd[fd]
-            if i < 0:
-                continue
-            try:
-                data = clients[i]["sock"].recv(262144)
-            except OSError:
-                data = b""
-            if not data:
-                ep.unregister(fd)
-                continue
-            on_frames(i, data, time.perf_counter())
+    while going and time.monotonic() < stop_at:
+        poll(0.5)
     for c in clients:
         c["sock"].close()
