@@ -62,16 +62,8 @@ from typing import Any
 from bench._report import Progress, Report, percentile, scenario_parser
 from bench.clients import Child, wait_all
 from bench.echo import PeerProcess
-from lab.rawws import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    ServerFrames,
-    client_frame,
-    open_ws,
-    parse_ws_url,
-)
+from core.ws_codec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
+from lab.rawws import ServerFrames, client_frame, open_ws, parse_ws_url
 from lab.server import Server
 
 NO_RATE_LIMIT = ["--max-message-rate", "1e9", "--message-burst", "1e9"]

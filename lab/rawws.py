@@ -24,34 +24,7 @@ from typing import Any
 
 import trio
 
-from core.ws_codec import (
-    OP_BINARY,
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    VIOLATION,
-    FrameDecoder,
-    FrameEncoder,
-)
-
-__all__ = [
-    "OP_BINARY",
-    "OP_CLOSE",
-    "OP_PING",
-    "OP_PONG",
-    "OP_TEXT",
-    "VIOLATION",
-    "Closed",
-    "RawClient",
-    "ServerFrames",
-    "client_frame",
-    "close_reply",
-    "handshake_request",
-    "open_ws",
-    "parse_ws_url",
-    "text_frame",
-]
+from core.ws_codec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, VIOLATION, FrameDecoder, FrameEncoder
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _ENCODER = FrameEncoder(mask=True)

@@ -89,7 +89,9 @@ class LogLines:
     def events(self, event: str, after: int = 0, **match: Any) -> list[dict[str, str]]:
         return [f for f in self.lines[after:] if matches(f, event, **match)]
 
-    def scan(self, start: int, event: str, predicate: Predicate, match: Any) -> tuple[Any, int]:
+    def scan(
+        self, start: int, event: str, predicate: Predicate, match: Any
+    ) -> tuple[dict[str, str] | None, int]:
         """(the first line from index ``start`` that fits, or None; the index to go on from)."""
         i = start
         while i < len(self.lines):

@@ -8,17 +8,9 @@ import json
 import select
 import time
 
+from core.ws_codec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from lab.jsonproc import StdinCommands, emit
-from lab.rawws import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    client_frame,
-    close_reply,
-    open_ws,
-    text_frame,
-)
+from lab.rawws import client_frame, close_reply, open_ws, text_frame
 
 
 def arguments(p: argparse.ArgumentParser) -> None:

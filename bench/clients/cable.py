@@ -17,8 +17,9 @@ import select
 import time
 from typing import Any
 
+from core.ws_codec import OP_CLOSE, OP_PING, OP_PONG
 from lab.jsonproc import StdinCommands, emit
-from lab.rawws import OP_CLOSE, OP_PING, OP_PONG, client_frame, close_reply, open_ws, text_frame
+from lab.rawws import client_frame, close_reply, open_ws, text_frame
 
 
 def arguments(p: argparse.ArgumentParser) -> None:

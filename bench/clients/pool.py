@@ -17,13 +17,9 @@ import socket
 import time
 from typing import Any
 
+from core.ws_codec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, VIOLATION
 from lab.jsonproc import StdinCommands, emit, raise_nofile
 from lab.rawws import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    VIOLATION,
     ServerFrames,
     client_frame,
     close_reply,

@@ -16,8 +16,9 @@ import socket
 import sys
 import time
 
+from core.ws_codec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
 from lab.jsonproc import emit, raise_nofile
-from lab.rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, ServerFrames, client_frame, open_ws
+from lab.rawws import ServerFrames, client_frame, open_ws
 
 TAG_BYTES = b"bcast-"  # a said's text is this tag + the say's number, found in the bytes
 PROGRESS_S = 0.2

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from core.ws_codec import OP_TEXT
 from lab.jsonproc import emit
-from lab.rawws import OP_TEXT, open_ws, text_frame
+from lab.rawws import open_ws, text_frame
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
