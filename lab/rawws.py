@@ -219,10 +219,13 @@ class RawClient:
         await self.stream.send_all(data)
 
     async def send(self, message: dict[str, Any]) -> None:
-        """Send; raises ``Closed`` (with the server's code) if the server already closed."""
-        if self.close_code is not None or any(k == OP_CLOSE for k, _ in self._events):
-            while True:  # the server's close frame is waiting to be read: report its code
-                await self.next_frame()
+        """Send one JSON text message. Once the server's close frame has arrived nothing is
+        sent (the server would never read it): the next receive raises ``Closed``, and so
+        does this once that was reported."""
+        if self.close_code is not None:
+            raise Closed(self.close_code, self.close_reason)
+        if any(kind == OP_CLOSE for kind, _ in self._events):
+            return
         await self.stream.send_all(self.encoder.frame(OP_TEXT, json.dumps(message).encode()))
 
     async def echo(self, data: Any, timeout: float = 5.0) -> dict[str, Any]:
