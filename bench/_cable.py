@@ -16,40 +16,19 @@ the veth pair); call it in a ``finally`` once every process in the namespace was
 Needs root, ``ip`` (iproute2) and ``iptables``; ``Cable.unavailable()`` and ``setup()``
 return the reason when the machine cannot do it.
 
-The clients (``CableClients``) run as ``ip netns exec NS python -m bench._cable
-clients --host H --port P --count N [--control 1]``: N + control raw-socket WebSocket
-clients that behave well (read everything, answer every ping) until told on stdin ``pull
-K``: client K then sends one last ``echo``, prints ``{"type": "last", "port": ...,
-"last_send": ...}`` and never reads or writes again; the parent cuts its port. ``stats``
-prints the control clients' state (they are never cut and must stay open); ``close`` or
-the end of stdin makes it close everything and exit; it exits by itself after
-``--max-seconds``.
+The clients (``CableClients``) run in the namespace as ``python -m bench.clients cable``
+(``bench/clients/cable.py``): well-behaved raw-socket clients until told ``pull K``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ipaddress
 import os
-import select
 import shutil
 import subprocess
-import sys
-import time
-from typing import Any
 
-from bench._load import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    JsonProcess,
-    StdinCommands,
-    _emit,
-    client_frame,
-    open_ws,
-    text_frame,
-)
+from bench.clients import Child
 
 SUBNETS = ipaddress.ip_network("10.253.0.0/16")
 
@@ -185,172 +164,16 @@ class Cable:
         return problems
 
 
-class CableClients(JsonProcess):
-    """The ``clients`` mode in the namespace, as a subprocess speaking JSON lines."""
+class CableClients(Child):
+    """The ``cable`` clients (``bench.clients.cable``) in the namespace."""
 
     def __init__(
         self, cable: Cable, port: int, count: int, control: int, max_seconds: float
     ) -> None:
         # ``ip netns exec`` execs the command (no fork): this pid is the Python process.
         super().__init__(
-            [
-                "ip",
-                "netns",
-                "exec",
-                cable.netns,
-                sys.executable,
-                "-m",
-                "bench._cable",
-                "clients",
-                "--host",
-                cable.server_ip,
-                "--port",
-                str(port),
-                "--count",
-                str(count),
-                "--control",
-                str(control),
-                "--max-seconds",
-                str(max_seconds),
-            ]
+            "cable",
+            *("--host", cable.server_ip, "--port", str(port), "--count", str(count)),
+            *("--control", str(control), "--max-seconds", str(max_seconds)),
+            prefix=("ip", "netns", "exec", cable.netns),
         )
-
-
-# ====================================================================== the clients mode
-def run_clients(a: argparse.Namespace) -> None:
-    """Well-behaved clients until pulled; see the module docstring."""
-    conns: list[dict[str, Any]] = []
-    for index in range(a.count + a.control):
-        sock, parser, welcome = open_ws(a.host, a.port, timeout=10.0)
-        sock.setblocking(False)
-        conns.append(
-            {
-                "index": index,
-                "sock": sock,
-                "parser": parser,
-                "session": welcome["session"],
-                "port": sock.getsockname()[1],
-                "state": "open",  # open -> pulled | closed
-                "control": index >= a.count,
-            }
-        )
-    _emit(
-        {
-            "type": "connected",
-            "clients": [
-                {"index": c["index"], "session": c["session"], "port": c["port"]}
-                for c in conns
-                if not c["control"]
-            ],
-            "control": [c["session"] for c in conns if c["control"]],
-        }
-    )
-    ep = select.epoll()
-    by_fd = {c["sock"].fileno(): c for c in conns}
-    for fd in by_fd:
-        ep.register(fd, select.EPOLLIN)
-    stdin = StdinCommands(ep)
-    counts: dict[str, Any] = {"pings": 0, "closed": {}}
-
-    def drop(c: dict[str, Any], why: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            ep.unregister(c["sock"].fileno())
-        if c["state"] == "open":
-            counts["closed"][why] = counts["closed"].get(why, 0) + 1
-        c["state"] = "closed"
-        c["sock"].close()
-
-    def pull(index: int) -> None:
-        c = conns[index]
-        with contextlib.suppress(OSError, ValueError):
-            ep.unregister(c["sock"].fileno())  # never read (so never answered) again
-        c["sock"].send(text_frame({"type": "echo", "data": "last words"}))
-        last_send = time.time()
-        c["state"] = "pulled"
-        _emit(
-            {
-                "type": "last",
-                "index": index,
-                "session": c["session"],
-                "port": c["port"],
-                "last_send": last_send,
-            }
-        )
-
-    def command(line: str) -> bool:
-        words = line.split()
-        if not words or words[0] == "close":
-            return False
-        if words[0] == "pull":
-            pull(int(words[1]))
-        elif words[0] == "stats":
-            control = [c for c in conns if c["control"]]
-            _emit(
-                {
-                    "type": "stats",
-                    "control": len(control),
-                    "open": sum(1 for c in control if c["state"] == "open"),
-                    "pings": counts["pings"],
-                    "closed": counts["closed"],
-                }
-            )
-        return True
-
-    stop_at = time.monotonic() + a.max_seconds
-    running = True
-    while running and time.monotonic() < stop_at:
-        for fd, _ev in ep.poll(0.5):
-            if fd == stdin.fd:
-                lines = stdin.read()
-                if lines is None:
-                    running = False
-                    break
-                for line in lines:
-                    if not command(line):
-                        running = False
-                continue
-            c = by_fd.get(fd)
-            if c is None or c["state"] != "open":
-                continue
-            try:
-                data = c["sock"].recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                drop(c, type(exc).__name__)
-                continue
-            if not data:
-                drop(c, "eof")
-                continue
-            for opcode, payload in c["parser"].feed(data):
-                if opcode == OP_PING:
-                    counts["pings"] += 1
-                    with contextlib.suppress(OSError):
-                        c["sock"].send(client_frame(OP_PONG, payload))
-                elif opcode == OP_CLOSE:
-                    code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-                    with contextlib.suppress(OSError):
-                        c["sock"].send(client_frame(OP_CLOSE, payload[:2]))
-                    drop(c, f"close {code}")
-                    break
-    for c in conns:
-        with contextlib.suppress(OSError):
-            c["sock"].close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench._cable")
-    parser.add_argument("mode", choices=["clients"])
-    parser.add_argument("--host", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--count", type=int, default=5, help="clients to pull, one by one")
-    parser.add_argument("--control", type=int, default=1, help="clients never pulled")
-    parser.add_argument("--max-seconds", type=float, default=600.0)
-    a = parser.parse_args(argv)
-    a.max_seconds = min(a.max_seconds, 3600.0)
-    run_clients(a)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

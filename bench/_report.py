@@ -21,6 +21,7 @@ display falls back to one line per stage on stderr. Both come with ``pip install
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import json
@@ -29,17 +30,41 @@ import os
 import platform
 import shlex
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench._load import CLK_TCK, ROOT, _system_busy_s, loadavg
+from lab.procfs import TreeCpu, loadavg
+from lab.server import ROOT
 
 # BENCH_RESULTS=DIR writes elsewhere (the smoke tests use a temporary directory).
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "bench" / "results")
 Chart = Callable[[Any], Any]  # (matplotlib.pyplot) -> Figure
+
+
+def scenario_parser(name: str, doc: str | None, raw: bool = True) -> argparse.ArgumentParser:
+    """The command line of ``python -m bench NAME``; its help is ``doc`` (kept as written
+    with ``raw``, re-wrapped without)."""
+    return argparse.ArgumentParser(
+        prog=f"python -m bench {name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter,
+    )
+
+
+def table_head(columns: str) -> None:
+    """Print a table's column titles and a rule as wide."""
+    print(columns)
+    print("-" * len(columns))
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (q in [0, 100])."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return sorted_values[min(len(sorted_values), int(rank)) - 1]
 
 
 def machine() -> dict[str, Any]:
@@ -164,92 +189,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return repr(value)
-
-
-class TreeCpu:
-    """CPU used by this process and everything it started, and by the rest of the machine.
-
-    A thread reads ``/proc`` every ``period`` seconds (default 0.5; a scan of a few
-    hundred processes costs well under a millisecond) and keeps, per descendant, the
-    last utime+stime seen: a server tree that was SIGKILLed never reports back through
-    ``getrusage``, so it is sampled instead. What a process used in its last ``period``
-    before it exited is missed.
-    """
-
-    def __init__(self, period: float = 0.5) -> None:
-        self.started = time.monotonic()
-        self.busy0 = _system_busy_s()
-        self.me = os.getpid()
-        self.base: dict[int, float] = {}  # pid -> CPU seconds when first seen
-        self.last: dict[int, float] = {}
-        self._lock = threading.Lock()  # the sampler thread and summary() both scan
-        self._stop = threading.Event()
-        self._scan(first=True)
-        self._thread = threading.Thread(target=self._run, args=(period,), daemon=True)
-        self._thread.start()
-
-    def _scan(self, first: bool = False) -> None:
-        with self._lock:
-            self._scan_locked(first)
-
-    def _scan_locked(self, first: bool) -> None:
-        parent: dict[int, int] = {}
-        cpu: dict[int, float] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii") as f:
-                    fields = f.read().rsplit(") ", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            pid = int(entry)
-            parent[pid] = int(fields[1])
-            cpu[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        for pid, seconds in cpu.items():
-            p, depth = pid, 0
-            while p not in (self.me, 0, 1) and depth < 64:
-                p, depth = parent.get(p, 0), depth + 1
-            if p != self.me:
-                continue
-            if pid not in self.base:
-                # Present at the start: count only from now. Born later: all of it.
-                self.base[pid] = seconds if first or pid == self.me else 0.0
-            self.last[pid] = seconds
-
-    def _run(self, period: float) -> None:
-        while not self._stop.wait(period):
-            self._scan()
-
-    def ours_s(self) -> float:
-        with self._lock:
-            return sum(self.last[p] - self.base[p] for p in self.last)
-
-    def summary(self) -> dict[str, float]:
-        self._scan()
-        wall = time.monotonic() - self.started
-        busy = _system_busy_s() - self.busy0
-        ours = self.ours_s()
-        return {
-            "cpu_all_pct": round(100 * busy / wall, 1),
-            "cpu_ours_pct": round(100 * ours / wall, 1),
-            "cpu_of_other_processes_pct": round(100 * max(0.0, busy - ours) / wall, 1),
-        }
-
-    def close(self) -> dict[str, float]:
-        """The summary, and stop sampling."""
-        s = self.summary()
-        self._stop.set()
-        return s
-
-    def text(self) -> str:
-        s = self.close()
-        return (
-            f"CPU during the run, in % of one core: all processes {s['cpu_all_pct']:.0f},"
-            f" this benchmark and what it started {s['cpu_ours_pct']:.0f},"
-            f" other processes {s['cpu_of_other_processes_pct']:.0f};"
-            f" loadavg at end {loadavg()}"
-        )
 
 
 class Progress:

@@ -12,7 +12,6 @@ Each mode is bounded by 120 s; every server process is killed by pid on the way 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import math
 import sys
@@ -21,9 +20,10 @@ from typing import Any
 
 import trio
 
-from bench._report import Progress, Report
+from bench._report import Progress, Report, scenario_parser
 from core.balance import max_min_ratio
-from tests.support import RawClient, open_server
+from lab.rawws import RawClient
+from lab.server import open_server
 
 MODES: dict[str, list[str]] = {"kernel only": ["--no-accept-balancing"], "load-aware": []}
 
@@ -105,11 +105,7 @@ def _finite(x: float) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench balance",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = scenario_parser("balance", __doc__)
     parser.add_argument("--connections", type=int, default=2000, help="per mode (2000)")
     parser.add_argument("--shards", type=int, default=8, help="shards (8)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent openers (16)")

@@ -4,8 +4,8 @@ Starts ``python -m supervisor --shards 4`` (default app, the per-client message 
 limit lifted for the bystanders' echoes; the per-shard broadcast budget, 200 says/s, and
 the 4 KiB say cap are not reached) and connects N lobby receivers (default 1000;
 ``--clients 1000,10000`` runs several sizes) spread over ``--client-procs`` separate
-processes of this module (``python -m bench broadcast recv ...``: raw sockets, a
-hand-rolled frame codec, epoll; never the server's process), each from its own loopback
+processes (``python -m bench.clients recv ...``: raw sockets, the server's own frame
+codec, epoll; never the server's process), each from its own loopback
 source address (127.0.0.2, 127.0.0.3, ...). One more raw connection, the sender, sends
 ``--says`` ``say`` messages (default 5, 1 s apart). Every session on every shard gets
 ``said``; each receiver process stamps the arrival of each ``said`` with
@@ -38,6 +38,10 @@ so every time includes the time the receiver processes need to read N frames (th
 seconds are printed: about 10-25 us per frame; a whole small frame per read is taken
 without the general parser and its tag found without a JSON decode). 10,000 receivers
 (``--clients 10000``) connect in 10-15 s per server on the 2-core machine.
+
+Why over 300 lines: besides the fan-out it drives the bystanders from this process (an
+open-loop echo schedule around each say, ``Bystanders``) and runs everything against the
+python-websockets peer too; the receivers are ``bench.clients.recv``.
 """
 
 from __future__ import annotations
@@ -47,7 +51,6 @@ import contextlib
 import importlib.util
 import json
 import math
-import resource
 import select
 import socket
 import statistics
@@ -56,136 +59,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench._load import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    FrameParser,
-    JsonProcess,
-    Server,
-    client_frame,
-    open_ws,
-    parse_ws_url,
-    percentile,
-)
-from bench._report import Progress, Report
+from bench._report import Progress, Report, percentile, scenario_parser
+from bench.clients import Child, wait_all
 from bench.echo import PeerProcess
+from core.ws_codec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
+from lab.rawws import ServerFrames, client_frame, open_ws, parse_ws_url
+from lab.server import Server
 
 NO_RATE_LIMIT = ["--max-message-rate", "1e9", "--message-burst", "1e9"]
-TAG = "bcast-"
-TAG_BYTES = TAG.encode()  # a said's text is TAG + the say's number, found in the bytes
-PROGRESS_S = 0.2
+TAG = "bcast-"  # a said's text is TAG + the say's number (``bench.clients.recv`` finds it)
 CLOSE_NORMAL = (1000).to_bytes(2, "big")
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _emit(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-class _Conn:
-    __slots__ = ("sock", "parser")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.parser = FrameParser()
-
-
-def _open(host: str, port: int, source: str | None = None) -> _Conn:
-    """Connect (from ``source`` if given), upgrade, and read the welcome (not counted)."""
-    sock, parser, _ = open_ws(host, port, source=source)
-    conn = _Conn(sock)
-    conn.parser = parser
-    return conn
-
-
-# ====================================================================== receiver process
-def run_recv(a: argparse.Namespace) -> None:
-    """Connect ``--conns`` (welcome each) from ``--source``; stamp every ``said`` until a
-    line on stdin or ``--seconds``. JSON lines on stdout: ``progress`` (connected so far)
-    every 0.2 s while connecting, ``ready``, then ``result`` ``{"times": {k: [t, ...]}}``."""
-    _raise_nofile()
-    conns = []
-    last = time.monotonic()
-    for i in range(a.conns):
-        conns.append(_open(a.host, a.port, a.source))
-        if time.monotonic() - last >= PROGRESS_S:
-            last = time.monotonic()
-            _emit({"type": "progress", "connected": i + 1})
-    by_fd = {c.sock.fileno(): c for c in conns}
-    ep = select.epoll()
-    for fd in by_fd:
-        ep.register(fd, select.EPOLLIN)
-    stdin_fd = sys.stdin.fileno()
-    ep.register(stdin_fd, select.EPOLLIN)
-    _emit({"type": "progress", "connected": len(conns)})
-    _emit({"type": "ready"})
-    times: dict[str, list[float]] = {}
-    errors: dict[str, int] = {}
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    deadline = time.monotonic() + a.seconds
-    now = time.monotonic
-    running = True
-    while running and now() < deadline:
-        for fd, _ in ep.poll(0.5):
-            if fd == stdin_fd:
-                running = False
-                break
-            c = by_fd[fd]
-            try:
-                data = c.sock.recv(4096)  # small: a 64 KiB buffer costs more to allocate
-            except OSError as exc:
-                data = b""
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-            t = now()
-            if not data:
-                errors["closed"] = errors.get("closed", 0) + 1
-                ep.unregister(fd)
-                continue
-            # The common case, one whole small text frame per read, without the parser;
-            # the tag is found in the bytes (no JSON decode): the receivers share the cores
-            # with the server, so their cost per frame is part of every time measured.
-            small = len(data) > 1 and data[0] == 0x81 and data[1] < 126
-            if small and not c.parser.buf and len(data) == 2 + data[1]:
-                frames: list[tuple[int, bytes]] | tuple[tuple[int, bytes]] = ((OP_TEXT, data[2:]),)
-            else:
-                frames = c.parser.feed(data)
-            for op, body in frames:
-                if op == OP_TEXT:
-                    at = body.find(TAG_BYTES)
-                    if at >= 0:
-                        start = at + len(TAG_BYTES)
-                        key = body[start : body.find(b'"', start)].decode()
-                        bucket = times.get(key)
-                        if bucket is None:
-                            times[key] = [t]
-                        else:
-                            bucket.append(t)
-                elif op == OP_PING:
-                    c.sock.sendall(client_frame(OP_PONG, body))
-                elif op == OP_CLOSE:
-                    errors["close_frame"] = errors.get("close_frame", 0) + 1
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    close = client_frame(OP_CLOSE, CLOSE_NORMAL)  # a clean 1000, not a dropped connection
-    for c in conns:
-        with contextlib.suppress(OSError):
-            c.sock.send(close)
-            c.sock.close()
-    _emit(
-        {
-            "type": "result",
-            "times": times,
-            "errors": errors,
-            "cpu_s": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
-        }
-    )
 
 
 # ====================================================================== bystanders
@@ -202,7 +85,7 @@ class Bystanders:
     ) -> None:
         self.every_s = every_s
         self.socks: list[socket.socket] = []
-        self.parsers: list[FrameParser] = []
+        self.parsers: list[ServerFrames] = []
         self.shards: list[Any] = []
         spare: list[socket.socket] = []
         for _ in range(4 * count):
@@ -308,61 +191,11 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
-# ====================================================================== the parent's side
-class Receivers(JsonProcess):
-    """One ``python -m bench broadcast recv`` process and what it has reported."""
-
-    def __init__(self, cmd: list[str]) -> None:
-        super().__init__(cmd)
-        self.connected = 0
-        self.ready = False
-        self.result: dict[str, Any] | None = None
-        self.eof = False
-
-    def poll(self) -> None:
-        for m in self.pending():
-            kind = m.get("type")
-            if kind == "progress":
-                self.connected = m["connected"]
-            elif kind == "ready":
-                self.ready = True
-            elif kind == "result":
-                self.result = m
-            elif kind == "eof":
-                self.eof = True
-
-    def finish(self) -> None:
-        """Tell it to stop and print its result (it exits after that)."""
-        self.send("stop")
-
-
-def _wait(
-    children: list[Receivers],
-    what: str,
-    seconds: float,
-    bar: Progress | None = None,
-    task: int = 0,
-) -> bool:
-    """Poll until every child is ``ready`` / has a ``result``; False at ``seconds`` or when
-    one exited without it."""
-    deadline = time.monotonic() + seconds
-    for _ in range(int(seconds / 0.05) + 2):
-        for c in children:
-            c.poll()
-        if bar is not None:
-            bar.update(task, completed=sum(c.connected for c in children))
-        have = [c.ready if what == "ready" else c.result is not None for c in children]
-        if all(have):
-            return True
-        if any(c.eof and not h for c, h in zip(children, have, strict=True)):
-            return False
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return False
-
-
 # ====================================================================== one size
+def _connected(child: Child) -> int:
+    return child.progress.get("connected", 0)
+
+
 def measure(
     name: str,
     port: int,
@@ -373,28 +206,27 @@ def measure(
 ) -> dict[str, Any]:
     procs = max(1, min(a.client_procs, clients))
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    children: list[Receivers] = []
+    children: list[Child] = []
     sender = None
     bystanders: Bystanders | None = None
     t_connect = time.monotonic()
     sent: dict[str, float] = {}
     try:
         for i, n in enumerate(per):
-            cmd = [sys.executable, "-m", "bench.broadcast", "recv", "--port", str(port)]
-            cmd += ["--conns", str(n), "--seconds", str(a.says * a.interval + 120)]
-            cmd += ["--host", host]
+            args = ["--port", str(port), "--conns", str(n), "--host", host]
+            args += ["--seconds", str(a.says * a.interval + 120)]
             if host.startswith("127."):  # one loopback source address per process
-                cmd += ["--source", f"127.0.0.{2 + i % 250}"]
-            children.append(Receivers(cmd))
+                args += ["--source", f"127.0.0.{2 + i % 250}"]
+            children.append(Child("recv", *args))
         task = bar.add(f"{name}: connecting", total=clients)
-        if not _wait(children, "ready", a.connect_timeout, bar, task):
-            got = sum(c.connected for c in children)
+        if not wait_all(children, "ready", a.connect_timeout, _connected, bar, task):
+            got = sum(_connected(c) for c in children)
             raise RuntimeError(
                 f"{got} of {clients} receivers connected within {a.connect_timeout:g} s"
             )
         connect_s = time.monotonic() - t_connect
-        sender = _open(host, port)
-        bystanders = Bystanders(host, port, a.bystanders, a.echo_every_ms / 1000, sender.sock)
+        sender, _, _ = open_ws(host, port)
+        bystanders = Bystanders(host, port, a.bystanders, a.echo_every_ms / 1000, sender)
         time.sleep(0.5)
         total = a.says + (a.echo_says if a.bystanders else 0)
         task = bar.add(f"{name}: says {a.interval:g} s apart", total=total)
@@ -409,9 +241,9 @@ def measure(
             def say(k: int = k, frame: bytes = frame) -> None:
                 assert sender is not None
                 sent[str(k)] = time.monotonic()
-                sender.sock.setblocking(True)
-                sender.sock.sendall(frame)
-                sender.sock.setblocking(False)
+                sender.setblocking(True)
+                sender.sendall(frame)
+                sender.setblocking(False)
 
             start = time.monotonic()
             bystanders.run(until=start + pre + a.interval, at=start + pre, action=say)
@@ -419,14 +251,14 @@ def measure(
         time.sleep(max(0.0, 2.0 - a.interval))
         for c in children:
             c.finish()
-        if not _wait(children, "result", 60.0):
+        if not wait_all(children, "result", 60.0):
             raise RuntimeError("a receiver process did not report within 60 s")
         results = [c.result for c in children if c.result is not None]
     finally:
         if bystanders is not None:
             bystanders.close()
         if sender is not None:
-            _close(sender.sock)
+            _close(sender)
         for c in children:
             c.kill()
     says = []
@@ -673,21 +505,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["recv"]:
-        p = argparse.ArgumentParser(prog="python -m bench broadcast recv")
-        p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, required=True)
-        p.add_argument("--source", default=None, help="local address to connect from")
-        p.add_argument("--conns", type=int, default=1)
-        p.add_argument("--seconds", type=float, default=60.0)
-        run_recv(p.parse_args(argv[1:]))
-        return 0
-    p = argparse.ArgumentParser(
-        prog="python -m bench broadcast",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = scenario_parser("broadcast", __doc__)
     p.add_argument(
         "--clients", type=_sizes, default=[1000], help="receivers, comma-separated (default 1000)"
     )

@@ -47,6 +47,10 @@ connections runs under ``py-spy record --nonblocking -r 200`` on the shard's pid
 self time of the sampled stacks is printed by package (trio, trio-websocket, wsproto,
 msgspec, our shards/ and core/, the standard library) with the top functions: where one
 shard's time goes. About 10 s more; the raw samples are kept in a temporary directory.
+
+Why over 300 lines: six servers (ours three ways, three peers) with CPU pinning, the
+native load generator's histograms merged over processes and runs, a py-spy profile of
+the shard attributed by package, and the ratios between servers.
 """
 
 from __future__ import annotations
@@ -71,9 +75,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._load import CLK_TCK, Server, cpu_seconds, parse_ws_url
-from bench._report import Report
+from bench._report import Report, scenario_parser
 from bench.loadgen import NativeBuildError, echo_client
+from lab.procfs import CLK_TCK, cpu_seconds
+from lab.rawws import parse_ws_url
+from lab.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -680,11 +686,7 @@ def run_bench(a: argparse.Namespace) -> int:
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(
-        prog="python -m bench echo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = scenario_parser("echo", __doc__)
     p.add_argument(
         "--connections",
         type=int,

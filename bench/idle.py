@@ -27,7 +27,7 @@ CPython's thresholds) a fresh supervisor is started with heartbeats on (``--hear
 preset, or ``--interval``/``--timeout``) and:
 
 1. ``--connections`` idle WebSocket clients are opened from ``--workers`` processes
-   (``python -m bench._load pool``: raw sockets and epoll; they answer every ping with a
+   (``python -m bench.clients pool``: raw sockets and epoll; they answer every ping with a
    pong, read everything the server sends and send nothing else);
 2. each shard's RSS is read before and after connecting (``/proc/<pid>/status`` VmRSS),
    with its open sockets: RSS growth per connection, per shard and in all (the default
@@ -57,6 +57,11 @@ its own).
 
 ``--no-heartbeat`` is the control run: ``--heartbeat long`` pings after 300 s of silence,
 so no ping happens in the run. ``BENCH_SERVER_ROOT=DIR`` runs the server from another tree.
+
+Why over 300 lines: the report is most of it (per variant, per shard, echo by phase, say
+fan-out, GC pauses by generation, conntrack, two charts), and ``--connections`` sizes the
+shards, client processes and source addresses by itself; the clients are
+``bench.clients`` (``pool``, ``active``).
 """
 
 from __future__ import annotations
@@ -65,7 +70,6 @@ import argparse
 import collections
 import contextlib
 import math
-import os
 import re
 import statistics
 import threading
@@ -73,16 +77,11 @@ import time
 import urllib.request
 from typing import Any
 
-from bench._load import (
-    SERVER_ROOT,
-    Child,
-    Server,
-    cpu_seconds,
-    parse_ws_url,
-    percentile,
-    rss_kib,
-)
-from bench._report import Progress, Report, TreeCpu
+from bench._report import Progress, Report, percentile, scenario_parser, table_head
+from bench.clients import Child
+from lab.procfs import TreeCpu, cpu_seconds, open_sockets, rss_kib
+from lab.rawws import parse_ws_url
+from lab.server import SERVER_ROOT, Server
 
 # Control run (--no-heartbeat): the long preset pings after 300 s, i.e. never in a run.
 NO_HEARTBEAT = ("--heartbeat", "long")
@@ -168,7 +167,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
         out["per_shard"] = []
         for p in pids:
             after = rss_kib(p)
-            sockets = _sockets(p)
+            sockets = open_sockets(p)
             out["per_shard"].append(
                 {"pid": p, "sockets": sockets, "rss_before_kib": rss_before[p], "rss_kib": after}
             )
@@ -265,8 +264,7 @@ def run_variant(name: str, index: int, a: argparse.Namespace, bar: Progress) -> 
         out["client_closed"] = dict(
             sum((collections.Counter(s["closed"]) for s in stats), collections.Counter())
         )
-        lines = server.lines if server is not None else []  # --url: its log is not ours
-        raw = server.raw if server is not None else []
+        lines, raw = server.snapshot() if server is not None else ([], [])  # --url: not ours
         disconnects = [f for f in lines if f.get("event") == "disconnect"]
         out["disconnects"] = collections.Counter(f.get("kind", "?") for f in disconnects)
         out["disconnect_lines"] = [
@@ -398,16 +396,6 @@ def _conntrack_max() -> int | None:
         return None
 
 
-def _sockets(pid: int) -> int:
-    """Open sockets of ``pid`` (its connections, plus a few of its own)."""
-    count = 0
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-    return count
-
-
 def _sample_cpu(pids: list[int], out: list[tuple[float, float]], stop: threading.Event) -> None:
     while True:
         out.append((time.perf_counter(), sum(cpu_seconds(p) for p in pids)))
@@ -445,13 +433,11 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
         " us/ping = the shards' CPU seconds over the idle window / the pongs the clients"
         " answered in it"
     )
-    header = (
+    table_head(
         f"{'variant':<8} {'held':>7} {'connect s':>9} {'conn/s':>6} {'RSS before':>10}"
         f" {'RSS after':>10} {'KiB/conn':>8} {'RSS end':>8} {'hb CPU %':>8} {'pings/s':>8}"
         f" {'us/ping':>7}"
     )
-    print(header)
-    print("-" * len(header))
     for r in results:
         per_conn = (r["rss_after"] - r["rss_before"]) / max(1, r["held"])
         print(
@@ -466,12 +452,10 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
             continue
         print()
         print(f"{r['variant']}: per shard (RSS growth / its sockets)")
-        header = (
+        table_head(
             f"{'shard':>5} {'pid':>8} {'sockets':>8} {'RSS before':>10} {'RSS after':>10}"
             f" {'KiB/conn':>8}"
         )
-        print(header)
-        print("-" * len(header))
         for i, sh in enumerate(r["per_shard"]):
             kib = (sh["rss_kib"] - sh["rss_before_kib"]) / max(1, sh["sockets"])
             sh["kib_per_connection"] = round(kib, 2)
@@ -501,12 +485,10 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
         f"Echo round trip, ms: {a.echo_clients} clients x {a.echo_rate:g}/s for {a.duration:g} s;"
         f" 'quiet' = {quiet} (first {a.say_after:g} s){churn}"
     )
-    header = (
+    table_head(
         f"{'variant':<8} {'phase':<6} {'samples':>7} {'lost':>4} {'p50':>7} {'p99':>7}"
         f" {'p99.9':>7} {'max':>8} {'shard CPU %':>11}"
     )
-    print(header)
-    print("-" * len(header))
     for r in results:
         r["phases"] = {}
         phases = [
@@ -531,12 +513,10 @@ def report(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
             "Say fan-out, ms: from the say to the sender's own copy, and to the last of the"
             " idle sessions' copies"
         )
-        header = (
+        table_head(
             f"{'variant':<8} {'says':>4} {'copies/say':>10} {'own p50':>8} {'own max':>8}"
             f" {'all p50':>8} {'all max':>8}"
         )
-        print(header)
-        print("-" * len(header))
         for r in results:
             own = sorted(x[1] for x in r["say_rtts"])
             whole = sorted(x[1] for x in r["fanout"])
@@ -720,11 +700,7 @@ def _p999(r: dict[str, Any]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench idle",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = scenario_parser("idle", __doc__)
     parser.add_argument(
         "--connections",
         type=int,

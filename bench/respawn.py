@@ -12,7 +12,6 @@ Defaults: ``--kills 5 --shards 4`` (about 5 s). Each wait for a replacement is b
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
@@ -23,8 +22,8 @@ from typing import Any
 
 import trio
 
-from bench._report import Progress, Report
-from tests.support import open_server
+from bench._report import Progress, Report, scenario_parser
+from lab.server import open_server
 
 
 async def respawn_times(
@@ -88,11 +87,7 @@ def kill_to_ready_chart(kills: list[dict[str, Any]]) -> Callable[[Any], Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench respawn",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = scenario_parser("respawn", __doc__)
     parser.add_argument("--kills", type=int, default=5, help="kills in all (5)")
     parser.add_argument("--shards", type=int, default=4, help="shards (4)")
     parser.add_argument(

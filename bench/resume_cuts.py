@@ -23,11 +23,14 @@ Defaults: ``--cuts 50 --shards 4 --interval 0.2 --rate 50`` (about 10-20 s). Wri
 send time and latency) and two PNGs: ``-cuts`` (resume latency per cut; messages
 sent/lost/doubled between one cut and the next) and ``-timeline`` (every message's
 delivery latency over time, the cuts as lines). Exits 1 if anything was lost or doubled.
+
+Why over 300 lines: the cutting run (``run_cuts``, also run by the client tests at a tiny
+size) and its accounting (``CutReport``: lost and doubled messages per direction,
+per-cut timings) are one idea, plus two charts.
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import json
 import sys
@@ -40,8 +43,7 @@ from typing import Any
 import trio
 from trio_websocket import open_websocket_url
 
-from bench._load import percentile
-from bench._report import Progress, Report
+from bench._report import Progress, Report, percentile, scenario_parser
 from bench.netcut import CuttingProxy
 from client import (
     Away,
@@ -52,7 +54,7 @@ from client import (
     SessionLost,
     open_reconnecting_client,
 )
-from tests.support import open_server
+from lab.server import open_server
 
 
 @dataclass
@@ -375,11 +377,7 @@ def timeline_chart(report: CutReport) -> Callable[[Any], Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench resume_cuts",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = scenario_parser("resume_cuts", __doc__)
     parser.add_argument("--cuts", type=int, default=50, help="cuts (50)")
     parser.add_argument("--shards", type=int, default=4, help="shards (4)")
     parser.add_argument("--interval", type=float, default=0.2, help="s between cuts (0.2)")

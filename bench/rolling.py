@@ -1,7 +1,7 @@
 """A rolling restart under load: ``python -m bench rolling [--players 200] [--shards 4]``.
 
 Starts ``python -m supervisor`` (quick reconnect hints and short drains: ``ROLL_ARGS`` of
-``tests/supervisor/rolling_harness.py``), connects N players (half in 10 rooms of 10, the
+``lab/crowd.py``), connects N players (half in 10 rooms of 10, the
 rest in the lobby) with the reconnecting client, each sending numbered messages and
 receiving a numbered broadcast stream, sends SIGHUP after 1 s of traffic, waits for
 ``roll_done`` (at most ``--timeout`` s), stops the traffic and waits up to 30 s for every
@@ -20,7 +20,6 @@ old one is gone) and ``roll_step`` (its players are back; the next shard starts)
 
 from __future__ import annotations
 
-import argparse
 import signal
 import statistics
 import time
@@ -28,9 +27,9 @@ from typing import Any
 
 import trio
 
-from bench._report import Progress, Report
-from tests.supervisor.rolling_harness import ROLL_ARGS, Crowd, Player, paths, run_crowd
-from tests.support import ServerProcess, open_server
+from bench._report import Progress, Report, scenario_parser
+from lab.crowd import ROLL_ARGS, Crowd, Player, paths, run_crowd
+from lab.server import ServerProcess, open_server
 
 # Supervisor log events that mark a roll's progress (supervisor/arbiter.py, shards/).
 ROLL_EVENTS = (
@@ -189,11 +188,7 @@ def timeline_chart(data: dict[str, Any], players: int, shards: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench rolling",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = scenario_parser("rolling", __doc__)
     parser.add_argument("--players", type=int, default=200, help="players (default 200)")
     parser.add_argument("--shards", type=int, default=4, help="server shards (default 4)")
     parser.add_argument(

@@ -2,10 +2,10 @@
 
 Run as ``python -m bench routing [--connections 2000] [--shards 4] [--tasks 16]``.
 
-A supervisor is started (``tests.support.open_server``, ``--port 0``) with the default app.
+A supervisor is started (``lab.server.open_server``, ``--port 0``) with the default app.
 A *setup* is: TCP connect + WebSocket handshake + reading the ``welcome``; the client then
 closes with 1000 (and reads the server's close frame) before its next connection. Clients
-are ``tests.support.RawClient`` (wsproto on a trio socket) in ``--client-procs`` separate
+are ``lab.rawws.RawClient`` (the server's own codec on a trio socket) in ``--client-procs`` separate
 processes, ``--tasks`` concurrent tasks in all, started together on a barrier.
 
 * ``lobby /``: always served by the shard whose accept won (``direct``).
@@ -29,6 +29,10 @@ Defaults: ``--connections 2000 --shards 4 --tasks 16 --client-procs 2 --rounds 2
 ``bench/results/routing-<stamp>.json`` (every figure of the table, and every setup latency
 of every path, direct and routed apart) and ``routing-<stamp>-setup_cdf.png`` (the CDF of
 the setup latency: lobby vs room direct vs room routed, loaded and one at a time).
+
+Why over 300 lines: two kinds of phase (loaded, one at a time) per path, every setup
+matched to the server's ``routed`` line by its local port, the CPU of each server process
+per phase, a table, ratios and a chart; the setups run in ``bench.clients.setups``.
 """
 
 from __future__ import annotations
@@ -46,48 +50,13 @@ from typing import Any
 
 import trio
 
-from bench._load import CLK_TCK, cpu_seconds, loadavg, percentile
-from bench._report import Progress, Report
-from tests.support import ROOT, Closed, RawClient, ServerProcess, open_server
+from bench._report import Progress, Report, percentile, scenario_parser
+from lab.procfs import cpu_seconds_each, loadavg, system_busy_s
+from lab.rawws import Closed, RawClient
+from lab.server import ROOT, ServerProcess, open_server
 
 ROOM = "bench"
-
-
-# ====================================================================== client process
-async def _client_main(port: int, path: str, count: int, tasks: int, max_seconds: float) -> None:
-    """Wait for ``go`` on stdin, run ``count`` setups over ``tasks`` tasks, print JSON."""
-    results: list[tuple[int, float]] = []  # (local port, setup seconds)
-    errors: collections.Counter[str] = collections.Counter()
-    remaining = count
-    print("ready", flush=True)
-    await trio.lowlevel.FdStream(0).receive_some(16)
-    start = time.monotonic()
-    deadline = start + max_seconds
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0 and time.monotonic() < deadline:
-            remaining -= 1
-            try:
-                with trio.fail_after(10):
-                    t0 = time.perf_counter()
-                    client = await RawClient.connect(port, path)
-                    welcome = await client.receive()
-                    setup = time.perf_counter() - t0
-                    if welcome.get("type") != "welcome":
-                        raise RuntimeError(f"first message {welcome.get('type')}")
-                    local_port = client.stream.socket.getsockname()[1]
-                    await client.close(1000)
-            except Exception as exc:  # noqa: BLE001 - count and go on
-                errors[type(exc).__name__] += 1
-                continue
-            results.append((local_port, setup))
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(tasks):
-            nursery.start_soon(worker)
-    end = time.monotonic()
-    print(json.dumps({"start": start, "end": end, "results": results, "errors": errors}))
+READY = b'{"type":"ready"}\n'  # then the process' result, one JSON line (bench.clients.setups)
 
 
 # ====================================================================== the benchmark
@@ -121,16 +90,6 @@ class Phase:
         return direct, routed
 
 
-def _cpu(pids: list[int]) -> list[float]:
-    out = []
-    for pid in pids:
-        try:
-            out.append(cpu_seconds(pid))
-        except (OSError, IndexError):
-            out.append(0.0)
-    return out
-
-
 async def _run_clients(
     server: ServerProcess, phase: Phase, count: int, procs: int, max_seconds: float
 ) -> None:
@@ -147,7 +106,7 @@ async def _run_clients(
         signalled = False
         async for chunk in stdout:
             outputs[i] += chunk
-            if not signalled and b"ready\n" in outputs[i]:
+            if not signalled and READY in outputs[i]:
                 signalled = True
                 ready.release()
 
@@ -155,10 +114,11 @@ async def _run_clients(
         for i in range(procs):
             share = count // procs + (i < count % procs)
             tasks = phase.tasks // procs + (i < phase.tasks % procs)
-            spec = f"{server.port},{phase.path},{share},{tasks},{max_seconds}"
+            args = ["--port", str(server.port), "--path", phase.path, "--count", str(share)]
+            args += ["--tasks", str(tasks), "--max-seconds", str(max_seconds)]
             children.append(
                 await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "bench.routing", "--client", spec],
+                    [sys.executable, "-m", "bench.clients", "setups", *args],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     cwd=ROOT,
@@ -171,7 +131,7 @@ async def _run_clients(
                     nursery.start_soon(read, i, ready)
                 for _ in range(procs):
                     await ready.acquire()
-                cpu_before = _cpu(pids)
+                cpu_before = cpu_seconds_each(pids)
                 for child in children:
                     assert child.stdin is not None
                     await child.stdin.send_all(b"go\n")
@@ -183,13 +143,15 @@ async def _run_clients(
                 child.kill()
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await child.wait()
-    used = [after - before for after, before in zip(_cpu(pids), cpu_before, strict=True)]
+    used = [
+        after - before for after, before in zip(cpu_seconds_each(pids), cpu_before, strict=True)
+    ]
     phase.cpu = [a + b for a, b in zip(phase.cpu or [0.0] * len(used), used, strict=True)]
     starts, ends, done = [], [], 0
     for i, out in enumerate(outputs):
-        if b"ready\n" not in out:
+        if READY not in out:
             raise RuntimeError(f"client process {i} exited {children[i].returncode}: {out!r}")
-        report = json.loads(out.split(b"ready\n", 1)[1])
+        report = json.loads(out.split(READY, 1)[1])
         starts.append(report["start"])
         ends.append(report["end"])
         phase.results.extend((port, setup) for port, setup in report["results"])
@@ -280,13 +242,6 @@ def _ratios(lobby: Phase, room: Phase, probe_room: Phase) -> list[str]:
     return out
 
 
-def _system_busy_s() -> float:
-    """CPU seconds all CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat", encoding="ascii") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
-
-
 class CpuMeter:
     """CPU over the whole run: the server's processes (from /proc, read while they
     live), the client processes (waited for), this process, and everything else."""
@@ -294,8 +249,8 @@ class CpuMeter:
     def __init__(self, server_pids: list[int]) -> None:
         self.pids = server_pids
         self.started = time.monotonic()
-        self.busy = _system_busy_s()
-        self.server = sum(_cpu(self.pids))
+        self.busy = system_busy_s()
+        self.server = sum(cpu_seconds_each(self.pids))
         self.mine = self._mine()
 
     @staticmethod
@@ -306,8 +261,8 @@ class CpuMeter:
 
     def done(self) -> str:
         wall = time.monotonic() - self.started
-        busy = _system_busy_s() - self.busy
-        server = sum(_cpu(self.pids)) - self.server
+        busy = system_busy_s() - self.busy
+        server = sum(cpu_seconds_each(self.pids)) - self.server
         me, kids = (now - then for now, then in zip(self._mine(), self.mine, strict=True))
         other = max(0.0, busy - server - me - kids)
 
@@ -484,9 +439,7 @@ async def run(a: argparse.Namespace, bar: Progress) -> tuple[list[str], dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench routing", description=__doc__.split("\n\n")[0]
-    )
+    parser = scenario_parser("routing", __doc__.split("\n\n")[0], raw=False)
     parser.add_argument("--connections", type=int, default=2000, help="per path (2000)")
     parser.add_argument("--shards", type=int, default=4, help="shards (4)")
     parser.add_argument("--tasks", type=int, default=16, help="concurrent client tasks (16)")
@@ -504,12 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         default=64 * 1024 * 1024,
         help="server outbox per connection (64 MiB: the anchor reads a burst of every setup)",
     )
-    parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: one client process
     a = parser.parse_args(argv)
-    if a.client:
-        port, path, count, tasks, max_seconds = a.client.split(",")
-        trio.run(_client_main, int(port), path, int(count), int(tasks), float(max_seconds))
-        return 0
     a.rounds = max(1, a.rounds)
     report = Report(
         "routing",

@@ -1,8 +1,8 @@
 """Reconnect storm after a crash: ``python -m bench storm [--clients 2000] [--shards 2]``.
 
 N clients connect with the reconnecting client library (``client.open_reconnecting_client``,
-``Backoff(base, cap, max_retries=None, jitter)``), spread over client processes of this
-module (``python -m bench storm clients ...``), each bound to its own loopback source
+``Backoff(base, cap, max_retries=None, jitter)``), spread over client processes
+(``python -m bench.clients reconnecting ...``), each bound to its own loopback source
 address (127.0.0.1, 127.0.0.2, ...). Then the server is killed abruptly: SIGKILL of the
 supervisor and of every shard (pids from its ``shard_spawn`` log lines), and at once a
 new supervisor is started on the same port. Every client sees its connection die (1006)
@@ -33,193 +33,53 @@ Output: a table with both rows and the ratio of the peak rates (none/full); the 
 (every row, the welcome-rate series and each client's time back); ``-reconnects.png``:
 reconnects per second over time and the cumulative number of clients back, one line per
 jitter mode (dashed: when the restarted server logged ``ready``).
+
+Why over 300 lines: one run is a whole sequence (start, connect N clients, kill the tree, restart on
+the same port once the old processes are gone, wait for everyone, read both servers' logs),
+done per jitter mode and compared in a table and a chart; the clients themselves are
+``bench.clients.reconnecting``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import math
-import resource
 import subprocess
 import sys
 import time
 from typing import Any
 
-from bench._load import SERVER_ROOT, JsonProcess, Server, pid_alive
-from bench._report import RESULTS, Progress, Report
+from bench._report import RESULTS, Progress, Report, scenario_parser
+from bench.clients import Child, wait_all
+from lab.procfs import pid_alive
+from lab.server import SERVER_ROOT, Server
 
 BUCKET_S = 0.1
 PER_PROCESS = 2500  # clients per client process by default
-PROGRESS_S = 0.2  # how often a client process reports its counts
 
 
-# ====================================================================== client process
-def run_clients(a: argparse.Namespace) -> None:
-    """Run ``--conns`` reconnecting clients from ``--source``. JSON lines on stdout:
-    ``progress`` (clients welcomed once / ``--welcomes`` times) every 0.2 s, ``ready`` once
-    each had a welcome, and ``result`` at a line on stdin, when each had ``--welcomes``,
-    or at ``--seconds``."""
-    import trio
-
-    from client.reconnecting import Away, Connected, GaveUp, Resumed, open_reconnecting_client
-    from core.backoff import Backoff
-
-    logging.getLogger("client").setLevel(logging.ERROR)  # one line per lost session
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if a.source:
-        # trio-websocket calls trio.open_tcp_stream(host, port): give it our source
-        # address (trio sets IP_BIND_ADDRESS_NO_PORT, so the port is still picked per
-        # destination at connect time).
-        plain = trio.open_tcp_stream
-
-        async def from_source(host: str, port: int, **kw: Any) -> trio.SocketStream:
-            return await plain(host, port, local_address=a.source, **kw)
-
-        trio.open_tcp_stream = from_source  # type: ignore[assignment]
-    backoff = Backoff(base=a.base, cap=a.cap, max_retries=None, jitter=a.jitter)
-    url = f"ws://{a.host}:{a.port}/"
-    welcomes: list[float] = []
-    back: list[float] = []  # when each client had its ``--welcomes``-th welcome
-    per_client = [0] * a.conns
-    counts = {"first": 0, "back": 0}
-    gave_up: list[str] = []
-    aways: dict[str, int] = {}
-    ready = trio.Event()
-    done = trio.Event()
-
-    def emit(message: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(message) + "\n")
-        sys.stdout.flush()
-
-    def welcomed(i: int) -> None:
-        now = time.monotonic()
-        welcomes.append(now)
-        per_client[i] += 1
-        if per_client[i] == 1:
-            counts["first"] += 1
-            if counts["first"] == a.conns:
-                ready.set()
-        if per_client[i] == a.welcomes:
-            back.append(now)
-            counts["back"] += 1
-            if counts["back"] == a.conns:
-                done.set()
-
-    async def one(i: int) -> None:
-        async with open_reconnecting_client(url, backoff=backoff) as client:
-            async for event in client.events():
-                if isinstance(event, Connected | Resumed):
-                    welcomed(i)
-                elif isinstance(event, Away):
-                    if per_client[i] > 1:  # the kill itself is expected; later drops are not
-                        key = f"{event.code} {event.reason}"[:80]
-                        aways[key] = aways.get(key, 0) + 1
-                elif isinstance(event, GaveUp):
-                    gave_up.append(event.reason)
-                    return
-
-    async def stdin_stop() -> None:
-        line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
-        if line.strip():  # EOF (parent gone or stdin closed) is not a stop
-            done.set()
-
-    async def report_progress() -> None:
-        for _ in range(int(a.seconds / PROGRESS_S) + 1):
-            emit({"type": "progress", **counts})
-            await trio.sleep(PROGRESS_S)
-
-    async def main() -> None:
-        with trio.move_on_after(a.seconds):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(report_progress)
-                for i in range(a.conns):
-                    nursery.start_soon(one, i)
-                await ready.wait()
-                emit({"type": "progress", **counts})
-                emit({"type": "ready"})
-                nursery.start_soon(stdin_stop)
-                await done.wait()
-                nursery.cancel_scope.cancel()
-
-    trio.run(main)
-    emit(
-        {
-            "type": "result",
-            "welcomes": welcomes,
-            "back": back,
-            "reconnected": counts["back"],
-            "gave_up": gave_up[:5],
-            "away_after_reconnect": aways,
-            "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        }
-    )
+# ====================================================================== the clients
+def _first(c: Child) -> int:
+    """Clients of ``c`` welcomed once."""
+    return c.progress.get("first", 0)
 
 
-# ====================================================================== the parent's side
-class ClientProcess(JsonProcess):
-    """One ``python -m bench storm clients`` process and what it has reported."""
-
-    def __init__(self, cmd: list[str]) -> None:
-        super().__init__(cmd)
-        self.first = 0
-        self.back = 0
-        self.ready = False
-        self.result: dict[str, Any] | None = None
-        self.eof = False
-
-    def poll(self) -> None:
-        """Take in whatever it printed since the last call."""
-        for m in self.pending():
-            kind = m.get("type")
-            if kind == "progress":
-                self.first, self.back = m["first"], m["back"]
-            elif kind == "ready":
-                self.ready = True
-            elif kind == "result":
-                self.result = m
-                self.back = m["reconnected"]
-            elif kind == "eof":
-                self.eof = True
-
-    def finish(self) -> None:
-        """Tell it to stop and print its result (it exits after that)."""
-        self.send("stop")
+def _back(c: Child) -> int:
+    """Clients of ``c`` welcomed again after the kill."""
+    return c.result["reconnected"] if c.result else c.progress.get("back", 0)
 
 
-def wait_for(
-    children: list[ClientProcess], what: str, seconds: float, bar: Progress, task: int
-) -> bool:
-    """Poll the children until each is ``ready``/has a ``result`` (``what``), updating the
-    bar with their counts; False at ``seconds`` or when one exited without it."""
-    deadline = time.monotonic() + seconds
+def wait_for(children: list[Child], what: str, seconds: float, bar: Progress, task: int) -> bool:
+    """Until each child is ``ready``/has a ``result`` (``what``), its counts on the bar."""
     try:
-        for _ in range(int(seconds / 0.05) + 2):
-            for c in children:
-                c.poll()
-            done = sum(c.first if what == "ready" else c.back for c in children)
-            bar.update(task, completed=done)
-            have = [c.ready if what == "ready" else c.result is not None for c in children]
-            if all(have):
-                return True
-            if any(c.eof and not h for c, h in zip(children, have, strict=True)):
-                return False  # exited without it
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+        return wait_all(children, what, seconds, _first if what == "ready" else _back, bar, task)
     finally:
         bar.stop(task)
-    return False
 
 
 def log_summary(server: Server) -> tuple[dict[str, int], list[str], list[str]]:
     """(count per event, notable lines verbatim, every raw line) of a server's log."""
-    with server._cond:
-        lines = list(server.lines)
-        raw = list(server.raw)
+    lines, raw = server.snapshot()
     counts: dict[str, int] = {}
     for f in lines:
         key = f.get("event", "?")
@@ -284,7 +144,7 @@ def run_one(jitter: str, a: argparse.Namespace, bar: Progress) -> dict[str, Any]
     extra = ["--shards", str(a.shards), *server_args]
     first = Server(*server_args, shards=a.shards)
     second: Server | None = None
-    children: list[ClientProcess] = []
+    children: list[Child] = []
     t_start = time.monotonic()
     procs = max(1, min(a.client_procs, a.clients))
     per = [a.clients // procs + (1 if i < a.clients % procs else 0) for i in range(procs)]
@@ -296,14 +156,13 @@ def run_one(jitter: str, a: argparse.Namespace, bar: Progress) -> dict[str, Any]
         first.start()
         port = first.port
         for n, source in zip(per, sources, strict=True):
-            cmd = [sys.executable, "-m", "bench.storm", "clients", "--port", str(port)]
-            cmd += ["--conns", str(n), "--jitter", jitter, "--base", str(a.base)]
-            cmd += ["--cap", str(a.cap), "--seconds", str(2 * a.seconds + 30), "--welcomes", "2"]
-            cmd += ["--source", source]
-            children.append(ClientProcess(cmd))
+            args = ["--port", str(port), "--conns", str(n), "--jitter", jitter]
+            args += ["--base", str(a.base), "--cap", str(a.cap), "--source", source]
+            args += ["--seconds", str(2 * a.seconds + 30), "--welcomes", "2"]
+            children.append(Child("reconnecting", *args))
         task = bar.add(f"{jitter}: connecting", total=a.clients)
         if not wait_for(children, "ready", a.seconds, bar, task):
-            got = sum(c.first for c in children)
+            got = sum(_first(c) for c in children)
             failed = f"only {got} of {a.clients} clients connected within {a.seconds:g} s"
         else:
             connect_s = time.monotonic() - t_start
@@ -336,7 +195,7 @@ def run_one(jitter: str, a: argparse.Namespace, bar: Progress) -> dict[str, Any]
             "jitter": jitter,
             "clients": a.clients,
             "error": failed,
-            "connected": sum(c.first for c in children),
+            "connected": sum(_first(c) for c in children),
             "server_log": counts,
             "server_notable": first_notable,
         }
@@ -497,25 +356,7 @@ def run_bench(a: argparse.Namespace) -> int:
 
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["clients"]:
-        p = argparse.ArgumentParser(prog="python -m bench storm clients")
-        p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, required=True)
-        p.add_argument("--source", default=None, help="local address to connect from")
-        p.add_argument("--conns", type=int, default=1)
-        p.add_argument("--jitter", default="full")
-        p.add_argument("--base", type=float, default=1.0)
-        p.add_argument("--cap", type=float, default=30.0)
-        p.add_argument("--seconds", type=float, default=60.0)
-        p.add_argument("--welcomes", type=int, default=2)
-        run_clients(p.parse_args(argv[1:]))
-        return 0
-    p = argparse.ArgumentParser(
-        prog="python -m bench storm",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = scenario_parser("storm", __doc__)
     p.add_argument(
         "--clients",
         type=int,

@@ -26,6 +26,9 @@ in count, and the run stops early (saying so) once ``--budget`` seconds have pas
 
 Writes ``bench/results/wheel-<stamp>.json`` (every median of the table, in ns) and
 ``wheel-<stamp>-cost.png`` (each metric against N per implementation, log-log).
+
+Why over 300 lines: it carries the two pure-Python timer sets the wheel is measured
+against (``HeapTimers``, ``DictTimers``: about 95 lines) and checks every timing option.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench._report import Report
+from bench._report import Report, scenario_parser, table_head
 from core.heartbeat_wheel import HeartbeatWheel
 
 DEFAULT_SIZES = "10000,100000,1000000"
@@ -324,9 +327,7 @@ def cost_chart(table: dict[int, dict[str, dict[str, float]]]) -> Callable[[Any],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench wheel", description=__doc__.split("\n")[0]
-    )
+    parser = scenario_parser("wheel", __doc__.split("\n")[0], raw=False)
     parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes(DEFAULT_SIZES))
     parser.add_argument("--repeats", type=int, default=7, help="runs per measurement (median)")
     parser.add_argument("--touches", type=int, default=100_000, help="touches per run")
@@ -368,12 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         "(tick/interval) fall in the tick but are stale"
     )
     print()
-    header = (
+    table_head(
         f"{'N':>9}  {'metric':<31} {'unit':<4} {'wheel':>9} {'heapq':>9} {'dict':>9}"
         f" {'heapq/wheel':>11} {'dict/wheel':>10}"
     )
-    print(header)
-    print("-" * len(header))
     table: dict[int, dict[str, dict[str, float]]] = {}  # N -> implementation -> metric -> ns
     stopped = False
     gc_was_enabled = gc.isenabled()

@@ -35,6 +35,10 @@ The bound is ``interval + timeout + tick``, tick = min(interval, timeout) / 10 c
 the bound). Stopped processes are SIGCONTed and killed in a ``finally``, as are every
 other client process, the supervisor and its shards (by pid); the namespace, its veth
 pair and its rules are deleted in a ``finally`` too (also on Ctrl-C or SIGTERM).
+
+Why over 300 lines: three kinds of zombie (stopped, mute, pulled cable) per preset, each
+found in the server's log and checked against the bound, and the signal handling that
+removes the namespace even on Ctrl-C; the clients are ``bench.clients`` modes.
 """
 
 from __future__ import annotations
@@ -51,8 +55,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from bench._cable import Cable, CableClients
-from bench._load import SERVER_ROOT, Child, Server
-from bench._report import Chart, Progress, Report, command_line
+from bench._report import Chart, Progress, Report, command_line, scenario_parser, table_head
+from bench.clients import Child
+from lab.server import SERVER_ROOT, Server
 
 PRESETS: dict[str, tuple[list[str], float, float]] = {
     "sub": (["--heartbeat-interval", "0.5", "--heartbeat-timeout", "1"], 0.5, 1.0),
@@ -108,6 +113,7 @@ def run_preset(
         "host": host,
     }
     life = bound * 2 + 120  # every client process ends by itself after this
+    until = ("--max-seconds", str(life))
     try:
         server.start()
         port = str(server.port)
@@ -116,22 +122,14 @@ def run_preset(
             f"{name}: connecting", total=a.live + a.zombies + (n_pulled + 1 if n_pulled else 0)
         )
 
+        def spawn(mode: str, source: str, *args: str) -> Child:
+            """A load process of ``mode`` from ``source``; it ends by itself after ``life``."""
+            started = Child(mode, "--host", host, "--port", port, "--source", source, *args)
+            children.append(started)
+            return started
+
         # ---- live clients first: they are silent at least as long as any zombie
-        live = Child(
-            "pool",
-            "--host",
-            host,
-            "--port",
-            port,
-            "--count",
-            str(a.live),
-            "--sessions",
-            "--source",
-            f"{source}.2",
-            "--max-seconds",
-            str(life),
-        )
-        children.append(live)
+        live = spawn("pool", f"{source}.2", "--count", str(a.live), "--sessions", *until)
         live_sessions = set(live.expect("connected", 30)["sessions"])
         bar.advance(connecting, a.live)
 
@@ -145,40 +143,14 @@ def run_preset(
         # ---- zombies
         zombies: list[dict[str, Any]] = []
         for k in range(n_stopped):
-            child = Child(
-                "zombie",
-                "--host",
-                host,
-                "--port",
-                port,
-                "--source",
-                f"{source}.{3 + k}",
-                "--max-seconds",
-                str(life),
-            )
-            children.append(child)
-            stopped.append(child)
-        for child in stopped:
-            message = child.expect("zombie", 30)
-            os.kill(child.pid, signal.SIGSTOP)
+            stopped.append(spawn("zombie", f"{source}.{3 + k}", *until))
+        for zombie in stopped:
+            message = zombie.expect("zombie", 30)
+            os.kill(zombie.pid, signal.SIGSTOP)
             zombies.append(message)
             bar.advance(connecting)
         if n_mute:
-            mute = Child(
-                "pool",
-                "--host",
-                host,
-                "--port",
-                port,
-                "--count",
-                str(n_mute),
-                "--mute",
-                "--source",
-                f"{source}.250",
-                "--max-seconds",
-                str(life),
-            )
-            children.append(mute)
+            mute = spawn("pool", f"{source}.250", "--count", str(n_mute), "--mute", *until)
             zombies.extend(mute.expect("connected", 30).get("zombies", []))
             bar.advance(connecting, n_mute)
         bar.done(connecting)
@@ -319,13 +291,11 @@ def _hits(zombies: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(results: list[dict[str, Any]]) -> None:
     print()
-    header = (
+    table_head(
         f"{'preset':<7} {'interval/timeout/tick s':>23} {'bound s':>8} {'zombies':<8}"
         f" {'found':>7} {'silent_s min':>12} {'median':>7} {'max':>7}"
         f" {'wall s min':>10} {'median':>7} {'max':>7} {'max/bound':>9}"
     )
-    print(header)
-    print("-" * len(header))
     for r in results:
         for kind in (*KINDS, "all"):
             zs = [z for z in r["zombies"] if kind == "all" or z["kind"] == kind]
@@ -442,9 +412,7 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench zombie", description=__doc__.split("\n")[0]
-    )
+    parser = scenario_parser("zombie", __doc__.split("\n")[0], raw=False)
     parser.add_argument(
         "--presets",
         default="sub,short",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 from aiohttp import WSMsgType, web
+
+from bench.peers import address, ready
 
 
 async def echo(request: web.Request) -> web.WebSocketResponse:
@@ -26,13 +27,9 @@ async def main(host: str, port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    print(f"ready port={runner.addresses[0][1]}", flush=True)
+    ready(runner.addresses[0][1])
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    a = p.parse_args()
-    asyncio.run(main(a.host, a.port))
+    asyncio.run(main(*address()))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-
 import uvloop
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
+
+from bench.peers import address, ready
 
 
 class Echo(WSListener):
@@ -23,13 +23,9 @@ def factory(request: WSUpgradeRequest) -> Echo:
 
 async def main(host: str, port: int) -> None:
     server = await ws_create_server(factory, host, port)
-    print(f"ready port={server.sockets[0].getsockname()[1]}", flush=True)
+    ready(server.sockets[0].getsockname()[1])
     await server.serve_forever()
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    a = p.parse_args()
-    uvloop.run(main(a.host, a.port))
+    uvloop.run(main(*address()))

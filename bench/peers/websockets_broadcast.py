@@ -11,12 +11,13 @@ broadcast).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+from bench.peers import address, ready
 
 CLIENTS: set[ServerConnection] = set()
 IDS = itertools.count(1)
@@ -50,13 +51,9 @@ async def main(host: str, port: int) -> None:
     async with serve(
         handler, host, port, compression=None, ping_interval=None, backlog=4096
     ) as server:
-        print(f"ready port={server.sockets[0].getsockname()[1]}", flush=True)
+        ready(server.sockets[0].getsockname()[1])
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    a = p.parse_args()
-    asyncio.run(main(a.host, a.port))
+    asyncio.run(main(*address()))

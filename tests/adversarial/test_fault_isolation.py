@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import WireClient, bystander, open_server
+from lab.rawws import RawClient
+from lab.server import open_server
+from tests.support import bystander
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -18,10 +20,10 @@ APP = ("--app", "tests.adversarial.faulty_app:FaultyApp")
 async def test_an_app_exception_closes_only_that_client_with_1011(data: str) -> None:
     async with open_server(*APP, shards=1, echo_logs=False) as server:
         async with bystander(server.port):
-            victim, welcome = await WireClient.connect(server.port)
+            victim, welcome = await RawClient.open(server.port)
             assert welcome is not None
             await victim.echo("fine")
-            await victim.send_json({"type": "echo", "data": data})
+            await victim.send({"type": "echo", "data": data})
             assert await victim.closed_with() == 1011
             line = await server.log.wait_for("disconnect", session=welcome["session"])
             assert int(line["code"]) == 1011
@@ -33,7 +35,7 @@ async def test_an_app_exception_closes_only_that_client_with_1011(data: str) -> 
 async def test_an_exception_in_on_connect_closes_that_client_with_1011() -> None:
     async with open_server(*APP, shards=1, echo_logs=False) as server:
         async with bystander(server.port):
-            victim, _ = await WireClient.connect(server.port, "/rooms/crash-on-connect")
+            victim, _ = await RawClient.open(server.port, "/rooms/crash-on-connect")
             assert await victim.closed_with() == 1011
             await server.log.wait_for("app_error", callback="on_connect")
         assert not server.log.events("shard_exit")
@@ -42,10 +44,10 @@ async def test_an_exception_in_on_connect_closes_that_client_with_1011() -> None
 async def test_exceptions_in_on_away_and_on_leave_are_logged_and_change_nothing_else() -> None:
     async with open_server(*APP, shards=1, echo_logs=False) as server:
         async with bystander(server.port):
-            leaver, _ = await WireClient.connect(server.port)
+            leaver, _ = await RawClient.open(server.port)
             await leaver.aclose()
             await server.log.wait_for("app_error", callback="on_leave")
-            vanisher, _ = await WireClient.connect(server.port)
+            vanisher, _ = await RawClient.open(server.port)
             vanisher.stream.socket.close()
             await server.log.wait_for("app_error", callback="on_away")
         assert not server.log.events("shard_exit")

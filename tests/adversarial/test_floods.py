@@ -15,7 +15,9 @@ import pytest
 import trio
 
 from core.ws_codec import OP_PING, FrameEncoder
-from tests.support import WireClient, bystander, open_server
+from lab.rawws import RawClient
+from lab.server import open_server
+from tests.support import bystander
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,7 +32,7 @@ async def test_a_burst_of_says_throttles_the_senders_and_never_closes_a_reader()
     broadcast budget refuses what is over it with an ``error`` to the sender; every
     client - all of them read - stays open and gets every accepted say."""
     async with open_server("--shards", "2", shards=2, echo_logs=False) as server:
-        clients = [await WireClient.connect(server.port) for _ in range(12)]
+        clients = [await RawClient.open(server.port) for _ in range(12)]
         refused = [0] * len(clients)
         said: list[int] = [0] * len(clients)
         async with bystander(server.port) as rtts:
@@ -38,13 +40,13 @@ async def test_a_burst_of_says_throttles_the_senders_and_never_closes_a_reader()
             async def talk(i: int) -> None:
                 client, _ = clients[i]
                 for n in range(190):
-                    await client.send_json({"type": "say", "text": f"{i}-{n}", "cseq": n + 1})
+                    await client.send({"type": "say", "text": f"{i}-{n}", "cseq": n + 1})
 
             async def read(i: int) -> None:
                 client, _ = clients[i]
                 while True:
                     try:
-                        message = await client.receive_json(timeout=3)
+                        message = await client.receive(timeout=3)
                     except trio.TooSlowError:
                         return  # 3 s of quiet: the burst is over
                     if message["type"] == "said":
@@ -79,18 +81,18 @@ async def test_readers_that_never_read_cost_at_most_the_outbound_budget() -> Non
         pid = server.shard_pids()[0]
         sleepers = []
         for _ in range(8):
-            client, welcome = await WireClient.connect(server.port)
+            client, welcome = await RawClient.open(server.port)
             client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sleepers.append((client, welcome))  # kept: a collected socket would close
         baseline = rss_bytes(pid)
         peak = baseline
         text = "y" * 50_000
         async with bystander(server.port):
-            talker, _ = await WireClient.connect(server.port)
+            talker, _ = await RawClient.open(server.port)
             with trio.fail_after(60):
                 sent = 0
                 while len(server.log.events("disconnect", reason="slow consumer")) < 8:
-                    await talker.send_json({"type": "say", "text": text})
+                    await talker.send({"type": "say", "text": text})
                     await talker.receive_until("said")
                     sent += 1
                     peak = max(peak, rss_bytes(pid))
@@ -117,7 +119,7 @@ async def test_a_connect_and_reset_flood_holds_at_most_the_away_cap_per_address(
         pid = server.shard_pids()[0]
         async with bystander(server.port):
             for _ in range(1500):
-                client, _ = await WireClient.connect(server.port)
+                client, _ = await RawClient.open(server.port)
                 sock = client.stream.socket
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.close()
@@ -127,9 +129,9 @@ async def test_a_connect_and_reset_flood_holds_at_most_the_away_cap_per_address(
             evicted = server.log.events("session_evicted")
             assert {e["reason"] for e in evicted} == {"address_cap"}
             before = rss_bytes(pid)
-            talker, _ = await WireClient.connect(server.port)
+            talker, _ = await RawClient.open(server.port)
             for n in range(300):
-                await talker.send_json({"type": "say", "text": f"n{n}"})
+                await talker.send({"type": "say", "text": f"n{n}"})
             await talker.receive_until("said", text="n299")
             assert rss_bytes(pid) - before < 32 * 2**20
         assert not server.log.events("shard_exit")
@@ -137,11 +139,11 @@ async def test_a_connect_and_reset_flood_holds_at_most_the_away_cap_per_address(
 
 async def test_a_say_over_the_size_cap_is_refused_and_the_sender_stays() -> None:
     async with open_server("--max-say-bytes", "1000", shards=1, echo_logs=False) as server:
-        client, _ = await WireClient.connect(server.port)
-        await client.send_json({"type": "say", "text": "é" * 600, "cseq": 4})  # 1,200 bytes
+        client, _ = await RawClient.open(server.port)
+        await client.send({"type": "say", "text": "é" * 600, "cseq": 4})  # 1,200 bytes
         error = await client.receive_until("error")
         assert (error["code"], error["cseq"]) == ("too_long", 4)
-        await client.send_json({"type": "say", "text": "short"})
+        await client.send({"type": "say", "text": "short"})
         assert (await client.receive_until("said"))["text"] == "short"
 
 
@@ -159,8 +161,8 @@ async def test_a_ping_flood_is_closed_by_the_rate_limit_but_answering_pings_is_f
         echo_logs=False,
     ) as server:
         # A well-behaved client answers ~10 server pings a second for 3 s: never closed.
-        quiet, _ = await WireClient.connect(server.port)
-        flooder, welcome = await WireClient.connect(server.port)
+        quiet, _ = await RawClient.open(server.port)
+        flooder, welcome = await RawClient.open(server.port)
         encoder = FrameEncoder(mask=True)
         await flooder.send_raw(b"".join(encoder.frame(OP_PING, b"p") for _ in range(500)))
         assert await flooder.closed_with() == 1008
@@ -186,7 +188,7 @@ async def test_pongs_answering_the_servers_pings_do_not_spend_the_rate() -> None
         shards=1,
         echo_logs=False,
     ) as server:
-        client, welcome = await WireClient.connect(server.port)
+        client, welcome = await RawClient.open(server.port)
         with trio.move_on_after(2):
             while True:  # answers ~40 pings in 2 s; a Closed would fail the test
                 await client.next_frame(timeout=5)

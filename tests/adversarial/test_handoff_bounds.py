@@ -14,7 +14,9 @@ import signal
 import pytest
 import trio
 
-from tests.support import Closed, WireClient, bystander, open_server, resume_path
+from lab.rawws import Closed, RawClient
+from lab.server import open_server
+from tests.support import bystander, resume_path
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,16 +33,16 @@ async def test_big_session_state_is_checkpointed_and_rolled_in_bounded_frames() 
     ) as server:
         away = []
         for _ in range(4):
-            client, welcome = await WireClient.connect(server.port)
+            client, welcome = await RawClient.open(server.port)
             assert welcome is not None
             client.stream.socket.close()  # gone without a goodbye: the session is away
             away.append(welcome)
         for welcome in away:
             await server.log.wait_for("disconnect", session=welcome["session"])
-        talker, _ = await WireClient.connect(server.port)
+        talker, _ = await RawClient.open(server.port)
         for n in range(200):
             text = f"{n:04d}" + "z" * 50_000
-            await talker.send_json({"type": "say", "text": text})
+            await talker.send({"type": "say", "text": text})
             await talker.receive_until("said", text=text)  # a reader that keeps up
         checkpoints = len(server.log.raw)
         await trio.sleep(2.5)  # two checkpoint intervals
@@ -51,7 +53,7 @@ async def test_big_session_state_is_checkpointed_and_rolled_in_bounded_frames() 
             assert not server.log.events(event), event
         assert not server.log.events("shard_exit")
         for welcome in away:
-            again, back = await WireClient.connect(server.port, resume_path(welcome, 0))
+            again, back = await RawClient.open(server.port, resume_path(welcome, 0))
             assert back is not None and back["resumed"] is True, back
             assert back["replay_gap"] is True  # the oldest says no longer fitted 8 MB
             texts = []
@@ -72,7 +74,7 @@ async def test_a_roll_whose_replacement_stops_answering_aborts_with_the_old_shar
         shards=1,
     ) as server:
         old_pid = server.shard_pids()[0]
-        players = [await WireClient.connect(server.port, f"/rooms/r{i}") for i in range(12)]
+        players = [await RawClient.open(server.port, f"/rooms/r{i}") for i in range(12)]
         async with bystander(server.port) as rtts:
             spawned = len(server.log.events("shard_spawn"))
             server.signal(signal.SIGHUP)
@@ -97,7 +99,7 @@ async def test_a_roll_whose_replacement_stops_answering_aborts_with_the_old_shar
                 # Its room moved before the replacement stopped: it was told to come back,
                 # and its session survives the replacement (kept from the hand-off).
                 assert closed.code == 1012
-                again, back = await WireClient.connect(
+                again, back = await RawClient.open(
                     server.port, resume_path(welcome, 0, f"/rooms/r{i}")
                 )
                 assert back is not None and back["resumed"] is True, back
@@ -108,7 +110,7 @@ async def test_a_roll_whose_replacement_stops_answering_aborts_with_the_old_shar
 
 async def test_a_resume_with_last_seq_past_2_to_the_64_after_a_crash_is_refused() -> None:
     async with open_server(shards=1) as server:
-        client, welcome = await WireClient.connect(server.port)
+        client, welcome = await RawClient.open(server.port)
         assert welcome is not None
         await client.echo("x")
         await trio.sleep(1.5)  # one checkpoint interval: the session is checkpointed
@@ -116,11 +118,11 @@ async def test_a_resume_with_last_seq_past_2_to_the_64_after_a_crash_is_refused(
         os.kill(pid, signal.SIGKILL)
         await server.log.wait_for("shard_ready", generation=2, timeout=20)
         for last_seq in (2**64 + 5, 2**62):
-            again, back = await WireClient.connect(server.port, resume_path(welcome, last_seq))
+            again, back = await RawClient.open(server.port, resume_path(welcome, last_seq))
             assert back is not None
             assert back["resumed"] is False and back["resume_error"] == "invalid", back
             await again.echo("new session works")
         await trio.sleep(1.5)  # a checkpoint later: nothing overflowed
         assert len(server.log.events("shard_exit")) == 1  # only the kill
-        again, back = await WireClient.connect(server.port, resume_path(welcome, 1))
+        again, back = await RawClient.open(server.port, resume_path(welcome, 1))
         assert back is not None and back["resumed"] is True and back["recovered"] is True

@@ -9,8 +9,10 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from lab.rawws import RawClient
+from lab.server import ServerProcess, open_server
 from supervisor.cli import build_parser
-from tests.support import RawClient, ServerProcess, open_server, welcomed
+from tests.support import welcomed
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -18,8 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.control import BroadcastGap, FrameReader
+from lab.rawws import Closed, RawClient
+from lab.server import ServerProcess, open_server
 from supervisor.relay import BroadcastLog, RelayQueue
-from tests.support import Closed, RawClient, ServerProcess, open_server, resume_path, welcomed
+from tests.support import resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import trio
 
-from tests.support import RawClient, ServerProcess, open_server, welcomed
+from lab.rawws import RawClient
+from lab.server import ServerProcess, open_server
+from tests.support import welcomed
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -67,13 +69,11 @@ async def http_answer(port: int, source: str, path: str) -> tuple[int, dict[str,
 
 async def connect_from(port: int, source: str, path: str) -> RawClient:
     """A WebSocket upgrade from ``source`` that does not wait for the answer."""
-    from wsproto.events import Request
-
     sock = trio.socket.socket()
     await sock.bind((source, 0))
     await sock.connect(("127.0.0.1", port))
     client = RawClient(trio.SocketStream(sock))
-    await client.stream.send_all(client.ws.send(Request(host="127.0.0.1", target=path)))
+    await client.upgrade(path, "127.0.0.1", port)
     return client
 
 

@@ -13,7 +13,8 @@ import trio
 
 from client import Connected, Resumed, SessionLost, open_reconnecting_client
 from core.tokens import load_or_create_secret
-from tests.support import ServerProcess, open_server, resume_path, welcomed
+from lab.server import ServerProcess, open_server
+from tests.support import resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(120)
 

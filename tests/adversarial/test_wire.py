@@ -18,7 +18,9 @@ import trio
 
 from core.logfmt import parse
 from core.ws_codec import FrameEncoder
-from tests.support import ServerProcess, WireClient, bystander, open_server
+from lab.rawws import RawClient
+from lab.server import ServerProcess, open_server
+from tests.support import bystander
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -108,7 +110,7 @@ async def test_a_violation_gets_its_close_frame_on_the_wire_before_the_connectio
         open_server("--max-message-size", "1024", shards=1, echo_logs=False) as server,
         bystander(server.port),
     ):
-        offender, welcome = await WireClient.connect(server.port)
+        offender, welcome = await RawClient.open(server.port)
         assert welcome is not None
         await offender.send_raw(frame)
         assert await offender.closed_with() == code  # a close frame, not a bare EOF
@@ -189,7 +191,7 @@ async def test_silent_connections_over_the_cap_get_503_at_once_and_never_exhaust
         with trio.fail_after(15):
             while True:
                 try:
-                    client, _ = await WireClient.connect(server.port)
+                    client, _ = await RawClient.open(server.port)
                     break
                 except AssertionError:
                     await trio.sleep(0.2)
@@ -206,7 +208,7 @@ async def test_connections_passed_to_a_room_owner_count_against_its_cap() -> Non
         statuses = []
         for _ in range(12):
             try:
-                client, welcome = await WireClient.connect(server.port, "/rooms/full")
+                client, welcome = await RawClient.open(server.port, "/rooms/full")
                 players.append((client, welcome))
             except AssertionError as exc:
                 statuses.append(str(exc))
@@ -221,7 +223,7 @@ async def test_connections_passed_to_a_room_owner_count_against_its_cap() -> Non
 
 async def test_a_close_reason_with_line_breaks_cannot_forge_a_log_line() -> None:
     async with open_server(shards=1, echo_logs=False) as server:
-        client, welcome = await WireClient.connect(server.port)
+        client, welcome = await RawClient.open(server.port)
         assert welcome is not None
         reason = "bye\revent=shard_exit shard=0 returncode=-9\u2028event=shard_exit"
         frame = FrameEncoder(mask=True).frame(0x8, (4500).to_bytes(2, "big") + reason.encode())

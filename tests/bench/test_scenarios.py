@@ -20,7 +20,8 @@ from typing import Any
 
 import trio
 
-from tests.support import open_client, open_server
+from lab.server import open_server
+from tests.support import open_client
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None

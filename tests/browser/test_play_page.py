@@ -14,8 +14,9 @@ from typing import Any
 import trio
 
 from client.reconnecting import Connected, open_reconnecting_client
+from lab.rawws import RawClient
+from lab.server import open_server
 from tests.browser.browser import ARTIFACTS, BrowserThread
-from tests.support import RawClient, open_server
 
 WAIT_MS = 20000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from tests.support import open_server
+from lab.server import open_server
 
 
 async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.support import open_server, resume_path, welcomed
+from lab.server import open_server
+from tests.support import resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(120)
 

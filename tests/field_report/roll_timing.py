@@ -18,21 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from lab.server import ROOT, ServerProcess, open_server
 from tests.field_report.report_clients import ReportClients, node_problem, report_clients
-from tests.support import ROOT, LogLines, ServerProcess, pid_alive
 
 
 def back_after_roll(clients: ReportClients, client: int, since: float) -> bool:
@@ -72,44 +66,6 @@ async def roll_with_report_clients(
     }
 
 
-@asynccontextmanager
-async def supervisor_at(root: Path, *args: str, shards: int) -> AsyncIterator[ServerProcess]:
-    """``python -m supervisor`` from the source tree ``root`` (its own code, its cwd), on
-    a free port; every process it reported is killed by pid on the way out."""
-    control = tempfile.mkdtemp(prefix="ws-roll-") + "/supervisor.sock"
-    cmd = [sys.executable, "-m", "supervisor", "--host", "127.0.0.1", "--port", "0"]
-    cmd += ["--shards", str(shards), "--control-socket", control, *args]
-    log = LogLines()
-    process = await trio.lowlevel.open_process(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=root
-    )
-    server = ServerProcess(process, log)
-
-    async def pump() -> None:
-        assert process.stderr is not None
-        buf = b""
-        async for chunk in process.stderr:
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                log.add(line.decode(errors="replace"))
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump)
-            server.port = int((await log.wait_for("ready", timeout=60))["port"])
-            try:
-                yield server
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        for pid in server.all_pids():
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        with trio.move_on_after(10):
-            await process.wait()
-
-
 async def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.field_report.roll_timing")
     parser.add_argument("--root", type=Path, default=ROOT, help="source tree to run")
@@ -121,7 +77,9 @@ async def main(argv: list[str] | None = None) -> None:
     problem = node_problem()
     if problem:
         raise SystemExit(problem)
-    async with supervisor_at(args.root, *args.server_args, shards=args.shards) as server:
+    async with open_server(
+        *args.server_args, shards=args.shards, root=args.root, echo_logs=False
+    ) as server:
         async with report_clients(
             server.url(), args.clients, heartbeat_field=args.heartbeat_field
         ) as clients:

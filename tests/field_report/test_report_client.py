@@ -18,9 +18,9 @@ import pytest
 import trio
 
 from core.protocol import SHUTDOWN_MESSAGE
+from lab.server import open_server
 from tests.field_report.report_clients import ReportClients, node_problem, report_clients
 from tests.field_report.roll_timing import roll_with_report_clients
-from tests.support import open_server
 
 PROBLEM = node_problem()
 pytestmark = [

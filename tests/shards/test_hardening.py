@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import trio
 
+from lab.rawws import Closed, RawClient
 from tests.shards.test_shard import running_shard
-from tests.support import Closed, RawClient, open_client, receive_until
+from tests.support import open_client, receive_until
 
 
 async def _http(port: int, request: bytes) -> bytes:

@@ -13,17 +13,19 @@ from typing import Any
 import pytest
 import trio
 
-from tests.support import Closed, WireClient, open_server, resume_path
+from lab.rawws import Closed, RawClient
+from lab.server import open_server
+from tests.support import resume_path
 
 pytestmark = pytest.mark.timeout(90)
 
 
-async def players_on(port: int, shard: int, count: int) -> list[tuple[WireClient, dict[str, Any]]]:
+async def players_on(port: int, shard: int, count: int) -> list[tuple[RawClient, dict[str, Any]]]:
     """``count`` lobby players served by ``shard`` (others are closed again)."""
-    found: list[tuple[WireClient, dict[str, Any]]] = []
+    found: list[tuple[RawClient, dict[str, Any]]] = []
     with trio.fail_after(30):
         while len(found) < count:
-            client, welcome = await WireClient.connect(port)
+            client, welcome = await RawClient.open(port)
             assert welcome is not None
             if welcome["shard"] == shard:
                 found.append((client, welcome))
@@ -38,7 +40,7 @@ async def test_says_broadcast_while_a_crashed_shards_players_are_away_are_all_re
         (talker, _), *_ = await players_on(server.port, 1, 1)
         # Some says before the crash, seen live by the players.
         for n in range(5):
-            await talker.send_json({"type": "say", "text": f"before-{n}"})
+            await talker.send({"type": "say", "text": f"before-{n}"})
         last_seq = []
         for client, _ in players:
             message = await client.receive_until("said", text="before-4")
@@ -49,12 +51,12 @@ async def test_says_broadcast_while_a_crashed_shards_players_are_away_are_all_re
         await server.log.wait_for("sessions_orphaned", shard=0)
         # Keep broadcasting for several checkpoint intervals while they are away.
         for n in range(20):
-            await talker.send_json({"type": "say", "text": f"after-{n}"})
+            await talker.send({"type": "say", "text": f"after-{n}"})
             await talker.receive_until("said", text=f"after-{n}")
             await trio.sleep(0.05)
         await server.log.wait_for("shard_ready", shard=0, generation=3)
         for (_, welcome), seen in zip(players, last_seq, strict=True):
-            again, back = await WireClient.connect(server.port, resume_path(welcome, seen))
+            again, back = await RawClient.open(server.port, resume_path(welcome, seen))
             assert back is not None
             assert back["resumed"] is True and back["recovered"] is True, back
             texts = []
@@ -148,7 +150,7 @@ async def test_a_draining_shard_keeps_answering_each_client_until_its_own_1012()
         "--reconnect-window-ms", str(int(window * 1000)), "--reconnect-after-ms", "100", shards=1
     ) as server:
         # One room each: a roll moves a room as one unit, so the 1012s spread over the window.
-        clients = [await WireClient.connect(server.port, f"/rooms/r{i}") for i in range(20)]
+        clients = [await RawClient.open(server.port, f"/rooms/r{i}") for i in range(20)]
         longest = [0.0] * len(clients)
         codes: list[int | None] = [None] * len(clients)
 
@@ -157,10 +159,10 @@ async def test_a_draining_shard_keeps_answering_each_client_until_its_own_1012()
             last = next_beat = trio.current_time()
             while True:
                 if trio.current_time() >= next_beat:
-                    await client.send_json({"type": "heartbeat", "ts": i})
+                    await client.send({"type": "heartbeat", "ts": i})
                     next_beat = trio.current_time() + 0.2
                 try:
-                    await client.receive_json(timeout=max(0.01, next_beat - trio.current_time()))
+                    await client.receive(timeout=max(0.01, next_beat - trio.current_time()))
                     last = trio.current_time()
                 except trio.TooSlowError:
                     pass

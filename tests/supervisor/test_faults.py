@@ -8,8 +8,8 @@ import signal
 import pytest
 import trio
 
-from tests.supervisor.rolling_harness import Crowd, Player, run_crowd
-from tests.support import open_server
+from lab.crowd import Crowd, Player, run_crowd
+from lab.server import open_server
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -17,9 +17,10 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.control import Load
+from lab.server import ServerProcess, open_server
 from shards.stats import ShardStats
 from supervisor import metrics
-from tests.support import ServerProcess, open_server, resume_path, welcomed
+from tests.support import resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(60)
 

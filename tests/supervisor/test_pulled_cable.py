@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from core.heartbeat import HeartbeatPolicy
-from tests.support import open_server
+from lab.server import ROOT, open_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,24 +27,18 @@ HOST_IF, NS_IF = f"vz{os.getpid() % 100000}a", f"vz{os.getpid() % 100000}b"
 SERVER_IP, CLIENT_IP = "10.251.7.1", "10.251.7.2"
 
 CLIENT = r"""
-import json, socket, sys, time, wsproto
-from wsproto.events import AcceptConnection, Ping, Request, TextMessage
-host, port = sys.argv[1], int(sys.argv[2])
-sock = socket.create_connection((host, port), timeout=10)
-ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-sock.sendall(ws.send(Request(host=host, target="/")))
+import sys
+from lab.rawws import OP_PING, OP_PONG, client_frame, open_ws
+sock, frames, welcome = open_ws(sys.argv[1], int(sys.argv[2]), timeout=10)
+print("welcome", welcome["session"], flush=True)
+data = b""
 while True:  # a well-behaved client: reads, answers every ping
+    for kind, value in frames.feed(data):
+        if kind == OP_PING:
+            sock.sendall(client_frame(OP_PONG, value))
     data = sock.recv(65536)
     if not data:
         break
-    ws.receive_data(data)
-    for event in ws.events():
-        if isinstance(event, Ping):
-            sock.sendall(ws.send(event.response()))
-        elif isinstance(event, TextMessage):
-            message = json.loads(event.data)
-            if message["type"] == "welcome":
-                print("welcome", message["session"], flush=True)
 """
 
 
@@ -110,6 +104,7 @@ async def test_a_client_behind_a_dropped_network_is_found_within_the_bound() -> 
                 ],
                 stdout=subprocess.PIPE,
                 text=True,
+                cwd=ROOT,
             )
             assert client.stdout is not None
             line = await trio.to_thread.run_sync(client.stdout.readline)

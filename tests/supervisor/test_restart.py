@@ -8,7 +8,9 @@ from pathlib import Path
 import trio
 
 from core.tokens import TokenSigner, load_or_create_secret
-from tests.support import RawClient, open_client, open_server, resume_path
+from lab.rawws import RawClient
+from lab.server import open_server
+from tests.support import open_client, resume_path
 
 
 async def test_a_token_of_an_earlier_run_is_refused_at_once_without_routing(

@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 import trio
 
-from tests.supervisor.rolling_harness import ROLL_ARGS, Crowd, Player, paths, run_crowd
-from tests.support import open_server
+from lab.crowd import ROLL_ARGS, Crowd, Player, paths, run_crowd
+from lab.server import open_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -131,7 +131,7 @@ async def test_a_replacement_that_crashes_at_start_aborts_the_roll_and_keeps_fou
             assert server.log.events("replacement_failed", shard=0)
             assert not server.log.events("roll_step")  # no old shard was drained
             # The old shards serve on: all four still answer.
-            from tests.support import RawClient
+            from lab.rawws import RawClient
 
             seen = set()
             for _ in range(200):
@@ -167,7 +167,8 @@ async def test_status_shows_every_shard_and_reload_rolls_them() -> None:
 async def test_a_crashed_shards_player_resumes_from_the_checkpoint_and_is_told_so() -> None:
     import json
 
-    from tests.support import RawClient, resume_path
+    from lab.rawws import RawClient
+    from tests.support import resume_path
 
     async with open_server("--checkpoint-interval", "0.2", shards=2) as server:
         player = await RawClient.connect(server.port)

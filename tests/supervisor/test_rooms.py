@@ -9,7 +9,9 @@ from collections import Counter
 import pytest
 import trio
 
-from tests.support import RawClient, ServerProcess, open_server, resume_path, welcomed
+from lab.rawws import RawClient
+from lab.server import ServerProcess, open_server
+from tests.support import resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 import trio
 
-from tests.support import Closed, RawClient, ServerProcess, open_server, resume_path, welcomed
+from lab.rawws import Closed, RawClient
+from lab.server import ServerProcess, open_server
+from tests.support import resume_path, welcomed
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,7 +14,9 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from tests.support import ROOT, open_client, open_server, pid_alive, receive_until
+from lab.procfs import pid_alive
+from lab.server import ROOT, open_server
+from tests.support import open_client, receive_until
 
 pytestmark = pytest.mark.timeout(120)
 

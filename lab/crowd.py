@@ -1,4 +1,4 @@
-"""Players with numbered traffic both ways through a rolling restart (or a crash), counted.
+"""Reconnecting players with numbered traffic both ways through a roll or a crash, counted.
 
 Shared by the rolling-restart tests and ``bench/rolling.py``: N reconnecting clients
 (``client.open_reconnecting_client``) spread over the lobby and rooms; each sends numbered
@@ -11,7 +11,6 @@ and the settling.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 import trio
 
 from client import Backoff, Connected, Message, Resumed, SessionLost, open_reconnecting_client
-from tests.support import ServerProcess
+from lab.server import ServerProcess
 
 # A rolling restart that fits a test: quick reconnect hints, a 2 s close window, short
 # drains, sub-second heartbeats.
@@ -131,7 +130,6 @@ async def run_crowd(
     stop = trio.Event()
     clients: dict[int, Any] = {}
     connected_now: set[int] = set()
-    all_in = trio.Event()
 
     async def play(player: Player, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         url = server.url(player.path)
@@ -195,7 +193,6 @@ async def run_crowd(
             await nursery.start(play, player)
             if bar:
                 bar.update(connecting, completed=n)
-        all_in.set()
         nursery.start_soon(sampler)
         await nursery.start(driver)
         await during()
@@ -213,7 +210,6 @@ async def run_crowd(
         for player in crowd.players:
             player.ended_in_session = clients[player.index].session
         nursery.cancel_scope.cancel()
-    json.dumps(crowd.totals())
 
 
 async def _send_loop(player: Player, client: Any, stop: trio.Event, rate: float) -> None:
