@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from core.ws_codec import OP_PING, OP_PONG, OP_TEXT
-from tests.support import WireClient, open_server
+from lab.rawws import RawClient
+from lab.server import open_server
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -34,18 +35,18 @@ async def test_a_reader_with_a_backlog_is_pinged_and_stays() -> None:
         shards=1,
         echo_logs=False,
     ) as server:
-        reader, welcome = await WireClient.connect(server.port)
+        reader, welcome = await RawClient.open(server.port)
         assert welcome is not None
-        talker, _ = await WireClient.connect(server.port)
+        talker, _ = await RawClient.open(server.port)
         text = "z" * SAY_BYTES
         for _ in range(SAYS):
-            await talker.send_json({"type": "say", "text": text})
+            await talker.send({"type": "say", "text": text})
             await talker.receive_until("said")
         await talker.aclose()
         # The reader's last word: from here the heartbeat pings it after 0.5 s of
         # silence, while its backlog is still pending, and closes it after 2.5 s unless
         # it answers. It reads nothing for 1.2 s, then everything.
-        await reader.send_json({"type": "echo", "data": "last word"})
+        await reader.send({"type": "echo", "data": "last word"})
         spoke = trio.current_time()
         await trio.sleep_until(spoke + 1.2)
         says = pings = 0
