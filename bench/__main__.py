@@ -20,7 +20,7 @@ SCENARIOS: dict[str, str] = {
     "balance": "connections per shard, kernel-only vs load-aware accepting",
     "rolling": "rolling restart (SIGHUP) under load: sessions lost, reconnect latency",
     "respawn": "SIGKILL one shard at a time: seconds until its replacement is ready",
-    "echo": "echo msgs/s and round-trip p50/p99/p99.9 at 1 and 100 connections vs peers",
+    "echo": "echo msgs/s and round-trip p50/p99/p99.9 at 1, 100 and 1000 connections vs peers",
     "broadcast": "one say to N clients vs websockets' broadcast(): last/first receiver, echo wait",
     "storm": "SIGKILL + restart, N reconnecting clients: time until all back, jitter full/none",
 }
