@@ -200,18 +200,6 @@ class Shard:
         finally:
             self.reactor.close()
 
-    async def drain(
-        self,
-        reason: str,
-        reconnect_after_ms: int,
-        timeout: float,
-        evacuate: bool = False,
-        window_ms: int | None = None,
-    ) -> None:
-        """Stop accepting, tell every client when to come back, close 1012, finish (see
-        ``shards.drain``); the shard's ``run`` returns once it is done."""
-        await self.drainer.drain(reason, reconnect_after_ms, timeout, evacuate, window_ms)
-
     def _restart_accepting(self) -> None:
         self.acceptor.scope = trio.CancelScope()
         self._connections_nursery.start_soon(self.acceptor.run, self._connections_nursery)

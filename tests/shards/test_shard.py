@@ -225,7 +225,7 @@ async def test_drain_sends_server_shutdown_then_1012() -> None:
     async with running_shard(reconnect_after_ms=500) as (shard, url, events):
         async with open_client(url) as (ws, _):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(shard.drain, "deploy", 500, 5.0)
+                nursery.start_soon(shard.drainer.drain, "deploy", 500, 5.0)
                 shutdown = await receive_until(ws, "server_shutdown")
                 assert shutdown["reason"] == "deploy"
                 assert 500 <= shutdown["reconnect_after_ms"] < 1000
