@@ -53,6 +53,20 @@ def scenario_parser(name: str, doc: str | None, raw: bool = True) -> argparse.Ar
     )
 
 
+def add_server_arg(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--server-arg ARG`` (repeatable, into ``server_arg``): one more argument for the
+    supervisor a scenario starts. Values that start with -- need the = form, e.g.
+    ``example``."""
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more supervisor argument, repeatable; values that start with -- need the"
+        f" = form: {example}",
+    )
+
+
 def table_head(columns: str) -> None:
     """Print a table's column titles and a rule as wide."""
     print(columns)

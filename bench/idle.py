@@ -77,7 +77,14 @@ import time
 import urllib.request
 from typing import Any
 
-from bench._report import Progress, Report, percentile, scenario_parser, table_head
+from bench._report import (
+    Progress,
+    Report,
+    add_server_arg,
+    percentile,
+    scenario_parser,
+    table_head,
+)
 from bench.clients import Child
 from lab.procfs import TreeCpu, cpu_seconds, open_sockets, rss_kib
 from lab.rawws import parse_ws_url
@@ -731,14 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gc", choices=["both", "tuned", "default"], default="tuned", help="(default tuned)"
     )
-    parser.add_argument(
-        "--server-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="one more supervisor argument, repeatable; values that start with -- need the"
-        " = form: --server-arg=--durability --server-arg=stream",
-    )
+    add_server_arg(parser, "--server-arg=--durability --server-arg=stream")
     parser.add_argument(
         "--workers",
         type=int,

@@ -49,7 +49,7 @@ import sys
 import time
 from typing import Any
 
-from bench._report import RESULTS, Progress, Report, scenario_parser
+from bench._report import RESULTS, Progress, Report, add_server_arg, scenario_parser
 from bench.clients import Child, wait_all
 from lab.procfs import pid_alive
 from lab.server import SERVER_ROOT, Server
@@ -379,14 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         help="loopback source addresses 127.0.0.1.. (default: one per client process)",
     )
     p.add_argument("--seconds", type=float, default=60.0, help="bound per phase (default 60)")
-    p.add_argument(
-        "--server-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="one more argument for both servers, repeatable; values that start with --"
-        " need the = form: --server-arg=--max-pending-handshakes --server-arg=5000",
-    )
+    add_server_arg(p, "--server-arg=--max-pending-handshakes --server-arg=5000")
     p.add_argument(
         "--jitter",
         nargs="+",
