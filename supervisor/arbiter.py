@@ -70,6 +70,7 @@ HEALTHY_AFTER = 10.0  # a shard that lived this long restarts without backoff
 KILL_GRACE = 5.0  # seconds after --drain-timeout before stuck shards are killed
 RETURN_GRACE = 5.0  # seconds past the reconnect window a roll waits for players to be back
 RETURN_QUIET = 1.0  # ...but no longer than this (+ the reconnect hint) once returns stop
+CONTROL_DRAIN_S = 1.0  # at most this long reading a dead shard's last control frames
 EXPIRY_SWEEP = 0.5  # placements and lingering rooms are released up to this late, in batches
 
 
@@ -97,6 +98,8 @@ class ShardHandle:
         self.started_at = trio.current_time()
         self.ready = trio.Event()
         self.exited = trio.Event()
+        # Set when the control channel reached EOF: everything the shard wrote is read.
+        self.control_read = trio.Event()
         self.drained: Drained | None = None
         self.relay = relay  # frames to the shard: control never dropped, broadcasts bounded
 
@@ -541,6 +544,12 @@ class Supervisor:
 
     async def _watch(self, handle: ShardHandle) -> None:
         await handle.process.wait()
+        # What the shard wrote before it died is still in the control socket: a journal
+        # entry or a broadcast its client was already acknowledged for. Read it to EOF
+        # (the kernel closed the shard's end) before its sessions are parked from the
+        # journal mirror, or they would be parked without it.
+        with trio.move_on_after(CONTROL_DRAIN_S):
+            await handle.control_read.wait()
         self.processes.pop(handle.generation, None)
         self.metrics.retire(handle)
         lost = self.directory.drop_shard(handle.generation)
@@ -574,6 +583,8 @@ class Supervisor:
         except ControlFrameError as exc:
             log("control_error", shard=handle.index, pid=handle.pid, error=str(exc))
             handle.process.kill()
+        finally:
+            handle.control_read.set()
 
     # ================================================================== routing
     async def _route_connections(self, origin: ShardHandle) -> None:
