@@ -2,7 +2,7 @@
 
 A scenario makes one ``Report`` at its start and calls ``finish`` at its end::
 
-    report = Report("idle", settings={"connections": 50_000, ...})
+    report = Report("idle", args, client="raw sockets")  # settings: vars(args) + these
     with report.progress() as bar:
         task = bar.add("connecting", total=50_000)
         bar.update(task, completed=n)
@@ -43,14 +43,29 @@ RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "bench" / "results")
 Chart = Callable[[Any], Any]  # (matplotlib.pyplot) -> Figure
 
 
-def scenario_parser(name: str, doc: str | None, raw: bool = True) -> argparse.ArgumentParser:
+def scenario_parser(
+    name: str, doc: str | None, shards: int | None = None, raw: bool = True
+) -> argparse.ArgumentParser:
     """The command line of ``python -m bench NAME``; its help is ``doc`` (kept as written
-    with ``raw``, re-wrapped without)."""
-    return argparse.ArgumentParser(
+    with ``raw``, re-wrapped without). With ``shards``, it has ``--shards N`` (the
+    server's shard count, at least 1) defaulting to that."""
+    parser = argparse.ArgumentParser(
         prog=f"python -m bench {name}",
         description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter,
     )
+    if shards is not None:
+        parser.add_argument(
+            "--shards", type=_at_least_one, default=shards, help=f"server shards ({shards})"
+        )
+    return parser
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def add_server_arg(parser: argparse.ArgumentParser, example: str) -> None:
@@ -114,9 +129,14 @@ def command_line() -> str:
 class Report:
     """One run of one scenario: prints its header, collects and writes its results."""
 
-    def __init__(self, scenario: str, settings: dict[str, Any], title: str = "") -> None:
+    def __init__(
+        self, scenario: str, args: argparse.Namespace, title: str = "", **described: Any
+    ) -> None:
+        """The run's settings are its parsed command line (``vars(args)``, so every option
+        is recorded under its own name) and ``described``: what the scenario derived
+        from it or fixed (the client used, a default it resolved)."""
         self.scenario = scenario
-        self.settings = settings
+        self.settings: dict[str, Any] = {**vars(args), **described}
         self.command = command_line()
         self.machine = machine()
         self.started_utc = datetime.datetime.now(datetime.UTC)

@@ -105,21 +105,13 @@ def _finite(x: float) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = scenario_parser("balance", __doc__)
+    parser = scenario_parser("balance", __doc__, shards=8)
     parser.add_argument("--connections", type=int, default=2000, help="per mode (2000)")
-    parser.add_argument("--shards", type=int, default=8, help="shards (8)")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent openers (16)")
     args = parser.parse_args(argv)
-    if args.connections < 1 or args.shards < 1 or args.concurrency < 1:
-        parser.error("connections, shards and concurrency must be positive")
-    report = Report(
-        "balance",
-        settings={
-            "connections": args.connections,
-            "shards": args.shards,
-            "concurrency": args.concurrency,
-        },
-    )
+    if args.connections < 1 or args.concurrency < 1:
+        parser.error("connections and concurrency must be positive")
+    report = Report("balance", args)
     with report.progress() as bar:
         loads = trio.run(main_async, args.connections, args.shards, args.concurrency, bar)
     print()

@@ -450,18 +450,9 @@ def run_bench(a: argparse.Namespace) -> int:
         skipped = "skip websockets: not installed (pip install -e '.[bench]')"
     report = Report(
         "broadcast",
-        {
-            "clients": a.clients,
-            "shards": a.shards,
-            "says": a.says,
-            "interval_s": a.interval,
-            "client_procs": a.client_procs,
-            "bystanders": a.bystanders,
-            "echo_says": a.echo_says,
-            "echo_every_ms": a.echo_every_ms,
-            "receivers": "raw sockets + epoll",
-            "servers": servers,
-        },
+        a,
+        receivers="raw sockets + epoll",
+        servers=servers,
     )
     if skipped:
         print(skipped, flush=True)
@@ -505,11 +496,10 @@ def _sizes(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = scenario_parser("broadcast", __doc__)
+    p = scenario_parser("broadcast", __doc__, shards=4)
     p.add_argument(
         "--clients", type=_sizes, default=[1000], help="receivers, comma-separated (default 1000)"
     )
-    p.add_argument("--shards", type=int, default=4, help="server shards (default 4)")
     p.add_argument("--says", type=int, default=5, help="say messages per size (default 5)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between says (default 1)")
     p.add_argument("--client-procs", type=int, default=2, help="receiver processes (default 2)")
@@ -549,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         " start it with --max-message-rate 1e9 --message-burst 1e9",
     )
     a = p.parse_args(argv)
-    if a.shards < 1 or a.says < 1 or a.interval <= 0 or a.client_procs < 1:
-        p.error("--shards, --says and --client-procs must be >= 1, --interval > 0")
+    if a.says < 1 or a.interval <= 0 or a.client_procs < 1:
+        p.error("--says and --client-procs must be >= 1, --interval > 0")
     if a.bystanders is None:
         a.bystanders = a.shards
     if not 0 <= a.bystanders <= 64 or not 0.1 <= a.echo_every_ms <= 1000:

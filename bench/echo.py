@@ -593,23 +593,15 @@ def run_bench(a: argparse.Namespace) -> int:
     except NativeBuildError as exc:
         print(f"python -m bench echo: {exc}", file=sys.stderr)
         return 2
-    settings = {
-        "connections": a.connections,
-        "count": a.count,
-        "seconds": a.seconds,
-        "warmup": a.warmup,
-        "repeat": a.repeat,
-        "client": "bench/loadgen/echo_client.c",
-        "client_procs": a.client_procs,
-        "client_spin_us": a.client_spin_us,
-        "payload": a.payload,
-        "pinning": "server CPU 0 / clients CPU " + _client_cpus()
+    run = Report(
+        "echo",
+        a,
+        "Echo vs peers (python -m bench echo)",
+        pinning="server CPU 0 / clients CPU " + _client_cpus()
         if _can_pin() and not a.url
         else "off",
-        "profile": a.profile and not a.url,
-        "url": a.url,
-    }
-    run = Report("echo", settings, "Echo vs peers (python -m bench echo)")
+        profile=a.profile and not a.url,
+    )
     if warning := raise_fd_limit(max(a.connections)):
         print(f"warning: {warning}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-echo-"))

@@ -839,21 +839,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.url:
         variants = ["url"]
 
-    settings = {
-        "connections": a.connections,
-        "shards": a.shards,
-        "client_processes": a.workers,
-        "connect_rate": a.connect_rate,
-        "heartbeat": a.heartbeat_text,
-        "gc": a.gc,
-        "idle_window_s": a.idle_window,
-        "active_s": a.duration,
-        "echo_clients": a.echo_clients,
-        "echo_rate": a.echo_rate,
-        "say_rate": a.say_rate,
-        "server": a.url or str(SERVER_ROOT),
-    }
-    run = Report("idle", settings, "Idle connections (python -m bench idle)")
+    run = Report(
+        "idle", a, "Idle connections (python -m bench idle)", server=a.url or str(SERVER_ROOT)
+    )
     print(
         "'tuned' = shards.__main__.tune_gc (gc.freeze + thresholds 50000/20/100); "
         "'default' = --no-gc-tuning (700/10/10)"

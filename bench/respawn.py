@@ -87,23 +87,15 @@ def kill_to_ready_chart(kills: list[dict[str, Any]]) -> Callable[[Any], Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = scenario_parser("respawn", __doc__)
+    parser = scenario_parser("respawn", __doc__, shards=4)
     parser.add_argument("--kills", type=int, default=5, help="kills in all (5)")
-    parser.add_argument("--shards", type=int, default=4, help="shards (4)")
     parser.add_argument(
         "--ready-timeout", type=float, default=20.0, help="bound of each wait, s (20)"
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.kills <= 1000 or args.shards < 1:
-        parser.error("--kills must be in 1..1000 and --shards positive")
-    report = Report(
-        "respawn",
-        settings={
-            "kills": args.kills,
-            "shards": args.shards,
-            "ready_timeout_s": args.ready_timeout,
-        },
-    )
+    if not 1 <= args.kills <= 1000:
+        parser.error("--kills must be in 1..1000")
+    report = Report("respawn", args)
     with report.progress() as bar:
         kills = trio.run(respawn_times, args.kills, args.shards, bar, args.ready_timeout)
     times = [k["seconds"] for k in kills]

@@ -377,9 +377,8 @@ def timeline_chart(report: CutReport) -> Callable[[Any], Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = scenario_parser("resume_cuts", __doc__)
+    parser = scenario_parser("resume_cuts", __doc__, shards=4)
     parser.add_argument("--cuts", type=int, default=50, help="cuts (50)")
-    parser.add_argument("--shards", type=int, default=4, help="shards (4)")
     parser.add_argument("--interval", type=float, default=0.2, help="s between cuts (0.2)")
     parser.add_argument("--rate", type=float, default=50.0, help="messages/s each direction (50)")
     args = parser.parse_args(argv)
@@ -387,12 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cuts must be in 1..10000, --interval and --rate positive")
     out = Report(
         "resume_cuts",
-        settings={
-            "cuts": args.cuts,
-            "shards": args.shards,
-            "interval_s": args.interval,
-            "rate_per_s": args.rate,
-        },
+        args,
     )
     with out.progress() as bar:
         report = trio.run(

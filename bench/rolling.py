@@ -188,25 +188,20 @@ def timeline_chart(data: dict[str, Any], players: int, shards: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = scenario_parser("rolling", __doc__)
+    parser = scenario_parser("rolling", __doc__, shards=4)
     parser.add_argument("--players", type=int, default=200, help="players (default 200)")
-    parser.add_argument("--shards", type=int, default=4, help="server shards (default 4)")
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="bound on the roll, s (default 120)"
     )
     args = parser.parse_args(argv)
-    if args.players < 1 or args.shards < 1 or args.timeout <= 0:
-        parser.error("--players and --shards must be >= 1, --timeout > 0")
+    if args.players < 1 or args.timeout <= 0:
+        parser.error("--players must be >= 1, --timeout > 0")
     report = Report(
         "rolling",
-        {
-            "players": args.players,
-            "shards": args.shards,
-            "rooms": "10 x 10, the rest in the lobby",
-            "traffic": "4 echo/s per player + 4 say/s from one driver",
-            "server_args": " ".join(ROLL_ARGS),
-            "timeout_s": args.timeout,
-        },
+        args,
+        rooms="10 x 10, the rest in the lobby",
+        traffic="4 echo/s per player + 4 say/s from one driver",
+        server_args=" ".join(ROLL_ARGS),
     )
     with report.progress() as bar:
         data = trio.run(roll, args.players, args.shards, args.timeout, bar)

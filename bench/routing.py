@@ -439,9 +439,8 @@ async def run(a: argparse.Namespace, bar: Progress) -> tuple[list[str], dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = scenario_parser("routing", __doc__.split("\n\n")[0], raw=False)
+    parser = scenario_parser("routing", __doc__.split("\n\n")[0], shards=4, raw=False)
     parser.add_argument("--connections", type=int, default=2000, help="per path (2000)")
-    parser.add_argument("--shards", type=int, default=4, help="shards (4)")
     parser.add_argument("--tasks", type=int, default=16, help="concurrent client tasks (16)")
     parser.add_argument("--client-procs", type=int, default=2, help="client processes (2)")
     parser.add_argument("--rounds", type=int, default=2, help="lobby/room alternations (2)")
@@ -459,19 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = parser.parse_args(argv)
     a.rounds = max(1, a.rounds)
-    report = Report(
-        "routing",
-        settings={
-            "connections": a.connections,
-            "shards": a.shards,
-            "tasks": a.tasks,
-            "client_procs": a.client_procs,
-            "rounds": a.rounds,
-            "probe": a.probe,
-            "max_seconds": a.max_seconds,
-            "max_outbound_bytes": a.max_outbound_bytes,
-        },
-    )
+    report = Report("routing", a)
     with report.progress() as bar:
         lines, data = trio.run(run, a, bar)
     print()

@@ -333,16 +333,8 @@ def chart(rows: list[dict[str, Any]], a: argparse.Namespace) -> Any:
 def run_bench(a: argparse.Namespace) -> int:
     report = Report(
         "storm",
-        {
-            "clients": a.clients,
-            "shards": a.shards,
-            "backoff": f"Backoff(base={a.base:g}, cap={a.cap:g}, max_retries=None)",
-            "jitter": a.jitter,
-            "client_procs": a.client_procs,
-            "sources": a.sources,
-            "seconds": a.seconds,
-            "server_args": " ".join(a.server_args),
-        },
+        a,
+        backoff=f"Backoff(base={a.base:g}, cap={a.cap:g}, max_retries=None)",
     )
     rows = []
     with report.progress() as bar:
@@ -356,14 +348,13 @@ def run_bench(a: argparse.Namespace) -> int:
 
 # ====================================================================== CLI
 def main(argv: list[str] | None = None) -> int:
-    p = scenario_parser("storm", __doc__)
+    p = scenario_parser("storm", __doc__, shards=2)
     p.add_argument(
         "--clients",
         type=int,
         default=2000,
         help="reconnecting clients (default 2000: a 2-core machine; the issue asks 10000)",
     )
-    p.add_argument("--shards", type=int, default=2, help="server shards (default 2)")
     p.add_argument("--base", type=float, default=1.0, help="Backoff base s (default 1)")
     p.add_argument("--cap", type=float, default=30.0, help="Backoff cap s (default 30)")
     p.add_argument(
@@ -388,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         help="one run per jitter mode (default: full none)",
     )
     a = p.parse_args(argv)
-    if a.clients < 1 or a.shards < 1 or a.seconds <= 0:
-        p.error("--clients and --shards must be >= 1, --seconds > 0")
+    if a.clients < 1 or a.seconds <= 0:
+        p.error("--clients must be >= 1, --seconds > 0")
     if a.client_procs <= 0:
         a.client_procs = max(2, math.ceil(a.clients / PER_PROCESS))
     if a.sources <= 0:

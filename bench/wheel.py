@@ -346,20 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.repeats + 1) * args.tick >= args.interval:
         parser.error("interval must be longer than (repeats + 1) ticks")
 
-    report = Report(
-        "wheel",
-        settings={
-            "sizes": args.sizes,
-            "interval_s": args.interval,
-            "timeout_s": args.timeout,
-            "tick_s": args.tick,
-            "repeats": args.repeats,
-            "touches": args.touches,
-            "seed": args.seed,
-            "budget_s": args.budget,
-        },
-        title="Heartbeat timer wheel micro-benchmark (python -m bench wheel)",
-    )
+    report = Report("wheel", args, "Heartbeat timer wheel micro-benchmark (python -m bench wheel)")
     started = time.monotonic()
     deadline = started + args.budget
     overhead = call_overhead_ns(100_000)

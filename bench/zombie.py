@@ -412,7 +412,7 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = scenario_parser("zombie", __doc__.split("\n")[0], raw=False)
+    parser = scenario_parser("zombie", __doc__.split("\n")[0], shards=2, raw=False)
     parser.add_argument(
         "--presets",
         default="sub,short",
@@ -426,7 +426,6 @@ def main(argv: list[str] | None = None) -> int:
         help="pulled-cable zombies (network namespace + iptables DROP; root only)",
     )
     parser.add_argument("--live", type=int, default=10, help="idle clients that must survive")
-    parser.add_argument("--shards", type=int, default=2)
     a = parser.parse_args(argv)
     presets = [p.strip() for p in a.presets.split(",") if p.strip()]
     unknown = [p for p in presets if p not in PRESETS]
@@ -448,16 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     old_term = signal.signal(signal.SIGTERM, _terminate)
     report = Report(
         "zombie",
-        settings={
-            "presets": ",".join(presets),
-            "stopped": a.zombies // 2,
-            "mute": a.zombies - a.zombies // 2,
-            "pulled": a.pulled,
-            "live": a.live,
-            "shards": a.shards,
-            "server_root": str(SERVER_ROOT),
-        },
-        title=f"Zombie detection time ({command_line()})",
+        a,
+        f"Zombie detection time ({command_line()})",
+        stopped=a.zombies // 2,
+        mute=a.zombies - a.zombies // 2,
+        server_root=str(SERVER_ROOT),
     )
     print(
         "silent_s: the server's measure (last inbound frame -> close, from the log line);"
