@@ -132,6 +132,13 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     broadcast_log_bytes: int = 32 * 1024 * 1024
     # Freeze the start-up heap and raise GC thresholds in shards (see shards.__main__).
     gc_tuning: bool = True
+    # Cluster mode (supervisor/cluster.py): the Redis every node shares (redis://H:P/DB;
+    # None = single machine, no Redis), this node's name (unique in the cluster) and the
+    # URL clients reach this node at (ws://HOST:PORT: where other nodes redirect a room's
+    # players). Cost: one Redis round trip per room claim and per lease renewal (1/s).
+    cluster: str | None = None
+    node: str = ""
+    public_url: str = ""
 
 
 class ShardConfig(msgspec.Struct, kw_only=True, frozen=True):

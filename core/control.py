@@ -249,6 +249,9 @@ class PassConnection(msgspec.Struct, kw_only=True):
     origin: int = -1
     peer: str = ""  # the client's address ("host" without the port), for per-address caps
     head: bytes = b""  # the request head the origin already read off the socket (<= 8 KiB)
+    # Cluster mode, supervisor -> shard: another node owns the room; answer the upgrade,
+    # send a redirect to this public URL (+ the request's target) and close 4002.
+    redirect: str = ""
 
 
 ControlMessage = (

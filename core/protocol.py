@@ -122,6 +122,13 @@ class Welcome(ServerMessage, tag="welcome", kw_only=True):
     recovered: bool = False  # resumed from a checkpoint after a shard crash: see replay_gap
 
 
+class Redirect(ServerMessage, tag="redirect", kw_only=True):
+    """Cluster mode: the room is owned by another node, at ``url`` (the client's own path
+    and query on the owner's public URL). The first and only message; close 4002 follows."""
+
+    url: str
+
+
 class HeartbeatAck(ServerMessage, tag="heartbeat_ack", kw_only=True):
     ts: int | float | None = None
     timestamp: int | float | None = None

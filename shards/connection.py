@@ -34,11 +34,12 @@ import trio
 
 from core import handshake
 from core.close_codes import CloseCode, Disconnect, How, classify
+from core.cluster import redirect_url
 from core.control import PassConnection
 from core.handshake import HttpError, http_response
 from core.inbound import CLOSE, DELIVER, REPLY, InboundRules
-from core.protocol import Codec, Error, ServerMessage, StreamMessage
-from core.ws_codec import binary_frame, stamped_text_frame, text_frame
+from core.protocol import Codec, Error, Redirect, ServerMessage, StreamMessage
+from core.ws_codec import binary_frame, close_frame, stamped_text_frame, text_frame
 from shards import static, stats
 from shards.log import log
 from shards.reactor import Link, Reactor
@@ -285,6 +286,9 @@ class Connections:
                     return None
                 target = handshake.route(request.target)
                 upgrade = handshake.upgrade(request, config.allowed_origins)
+                if note is not None and note.redirect:
+                    await self._redirect(sock, peer, request.target, upgrade, note.redirect)
+                    return None
             except HttpError as exc:
                 log(
                     "rejected",
@@ -314,6 +318,26 @@ class Connections:
             reason="no upgrade within the handshake timeout",
         )
         return None
+
+    async def _redirect(
+        self,
+        sock: socket.socket,
+        peer: str,
+        target: str,
+        upgrade: handshake.Upgrade,
+        public_url: str,
+    ) -> None:
+        """The room lives on another node: complete the upgrade (a browser cannot follow
+        an HTTP redirect on one), send ``redirect`` with the owner's URL for this very
+        target (so a resume query follows too), close 4002 and linger for the client's
+        close (bounded)."""
+        url = redirect_url(public_url, target)
+        codec = self._codecs[upgrade.subprotocol == handshake.MSGPACK_SUBPROTOCOL]
+        body = codec.encode(Redirect(url=url))
+        frame = binary_frame(body) if codec.binary else text_frame(body)
+        log("redirect", shard=self.shard_index, peer=peer, url=url, code=CloseCode.REDIRECT)
+        stats.count("redirect")
+        await _answer(sock, upgrade.response + frame + close_frame(CloseCode.REDIRECT, "redirect"))
 
     def _owner_note(
         self, target: handshake.Target, peer: str, head: bytes

@@ -18,10 +18,12 @@ import socket
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 import trio
 
+from core.cluster import ClusterRefused, ClusterUnavailable
 from core.config import ServerConfig, ShardConfig
 from core.control import (
     Adopted,
@@ -64,6 +66,9 @@ from supervisor import control_socket, metrics
 from supervisor.handover import Handover
 from supervisor.relay import BroadcastLog, RelayQueue
 from supervisor.session_park import SessionPark
+
+if TYPE_CHECKING:
+    from supervisor.cluster import ClusterNode
 
 STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
 HEALTHY_AFTER = 10.0  # a shard that lived this long restarts without backoff
@@ -153,6 +158,7 @@ class Supervisor:
         self.park = SessionPark(self.broadcast_log, config.grace)
         self._park_changed = trio.Event()
         self.secret_fd = -1  # sealed memfd with the token key, inherited by every shard
+        self.cluster: ClusterNode | None = None  # cluster mode: this node's membership
 
     # ================================================================== main loop
     async def run(self) -> int:
@@ -160,7 +166,8 @@ class Supervisor:
         # sealed memfd and never open the file, so deleting or replacing the file while the
         # service runs changes nothing until a full restart.
         try:
-            self.secret_fd = share_secret(load_or_create_secret(self.config.secret_file))
+            secret = load_or_create_secret(self.config.secret_file)
+            self.secret_fd = share_secret(secret)
         except SecretFileError as exc:
             log("secret_refused", path=exc.path, problem=exc.problem, fix=exc.fix)
             print(f"python -m supervisor: refusing to start: {exc}", file=sys.stderr)
@@ -177,6 +184,8 @@ class Supervisor:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    if self.config.cluster is not None and not await self._join(nursery, secret):
+                        return 2
                     nursery.start_soon(self._signal_loop, sigs)
                     nursery.start_soon(self._placement_timer)
                     nursery.start_soon(self._park_loop)
@@ -211,6 +220,50 @@ class Supervisor:
                 os.unlink(self.config.control_socket)
         log("exit", pid=os.getpid(), code=self._exit_code)
         return self._exit_code
+
+    async def _join(self, nursery: trio.Nursery, secret: bytes) -> bool:
+        """Cluster mode: join before any shard starts (claims need the lease). False, said
+        on stderr and in the log, when this node must not or cannot join."""
+        from supervisor.cluster import ClusterNode  # coredis: only in cluster mode
+
+        config = self.config
+        assert config.cluster is not None
+        self.cluster = ClusterNode(
+            config.cluster, config.node, config.public_url, secret, on_fenced=self._fenced
+        )
+        try:
+            await nursery.start(self.cluster.run)
+        except (ClusterRefused, ClusterUnavailable) as exc:
+            log("cluster_refused", node=config.node, reason=str(exc)[:300])
+            print(f"python -m supervisor: not joining the cluster: {exc}", file=sys.stderr)
+            nursery.cancel_scope.cancel()
+            return False
+        log(
+            "cluster_joined",
+            node=config.node,
+            public_url=config.public_url,
+            epoch=self.cluster.epoch,
+            rtt_ms=self.cluster.rtt_ms,
+        )
+        return True
+
+    def _fenced(self) -> None:
+        """The lease ran out: another node may own this node's rooms now. New rooms are
+        refused until it is renewed (``ClusterNode.claim_room``)."""
+        rooms = sum(self.directory.room_count(h.generation) for h in self.processes.values())
+        log("rooms_fenced", node=self.config.node, rooms=rooms)
+
+    async def _release_claims(self) -> None:
+        """Give back to the cluster the claims of rooms no local shard has any more (their
+        linger ran out, their placement expired, their shard died). O(claimed rooms)."""
+        assert self.cluster is not None
+        gone = [r for r in self.cluster.fences if self.directory.room_owner(r) is None]
+        for room in gone:
+            try:
+                await self.cluster.release_room(room)
+            except ClusterUnavailable as exc:
+                log("room_release_failed", room=room, error=str(exc)[:200])
+                return
 
     def _bind(self) -> socket.socket:
         sock = socket.create_server(
@@ -297,6 +350,7 @@ class Supervisor:
                 "bytes": self.broadcast_log.bytes,
             },
             "shards": shards,
+            **({"cluster": self.cluster.status()} if self.cluster is not None else {}),
         }
 
     def request_reload(self) -> dict[str, object]:
@@ -603,6 +657,19 @@ class Supervisor:
                 continue
             fd = fds[0]
             try:
+                if note is not None and note.room is not None and self.cluster is not None:
+                    try:
+                        note = await self._cluster_route(note)
+                    except ClusterUnavailable as exc:
+                        self.metrics.count("room_refused|cluster_unavailable")
+                        log(
+                            "room_refused",
+                            reason="cluster_unavailable",
+                            room=note.room,
+                            error=str(exc)[:200],
+                        )
+                        _refuse(fd, http_error(503, "room owner unknown: cluster unavailable"))
+                        continue
                 try:
                     target = self._route_target(origin, note, fd) if note is not None else None
                 except PlacementRefused as refused:
@@ -624,11 +691,27 @@ class Supervisor:
             finally:
                 os.close(fd)  # the target has its own copy now (or nobody needs it)
 
+    async def _cluster_route(self, note: PassConnection) -> PassConnection:
+        """Cluster mode: ``note`` as it is when this node owns its room (claiming it if
+        nobody's lease holds it: one Redis round trip, only for a room no local shard
+        has), else with ``redirect`` set to the owner's public URL."""
+        assert self.cluster is not None and note.room is not None
+        if self._live(self.directory.room_owner(note.room)) is not None:
+            return note  # hosted or placed here: this node's claim holds it
+        claim = await self.cluster.claim_room(note.room)
+        if claim.owner == self.cluster.node:
+            return note
+        self.cluster.redirects += 1
+        return msgspec.structs.replace(note, redirect=claim.url)
+
     def _route_target(
         self, origin: ShardHandle, note: PassConnection, fd: int = -1
     ) -> ShardHandle | None:
         """The shard to serve ``note``'s connection; placing a new room costs O(shards +
-        log rooms) and raises ``PlacementRefused`` when the client's address is over a cap."""
+        log rooms) and raises ``PlacementRefused`` when the client's address is over a cap.
+        A redirect is answered by the least loaded shard."""
+        if note.redirect:
+            return self._least_loaded()
         if note.room is not None:
             owner = self._live(self.directory.room_owner(note.room))
             if owner is None:
@@ -684,20 +767,7 @@ class Supervisor:
                 room=note.room,
                 refused=refused.refused,
             )
-        sock = socket.socket(fileno=fd)
-        try:
-            with contextlib.suppress(OSError):
-                # Read what the origin only peeked: unread bytes at close() send a RST,
-                # which can destroy the answer before the client reads it.
-                for _ in range(8):
-                    if not sock.recv(65536, socket.MSG_DONTWAIT):
-                        break
-            answer = http_error(503, f"too many new rooms from your address ({refused.reason})")
-            with contextlib.suppress(OSError):
-                sock.send(answer, socket.MSG_DONTWAIT)
-                sock.shutdown(socket.SHUT_WR)
-        finally:
-            sock.detach()  # the caller closes fd
+        _refuse(fd, http_error(503, f"too many new rooms from your address ({refused.reason})"))
 
     def _placements_changed(self) -> None:
         next_deadline = self.placements.next_deadline()
@@ -717,6 +787,8 @@ class Supervisor:
             if self._timer_at > trio.current_time():
                 continue  # woken for an earlier deadline: sleep until that one
             expired = self.placements.expire(trio.current_time())
+            if self.cluster is not None:
+                self._nursery.start_soon(self._release_claims)
             if expired:
                 self.metrics.count("room_placement_expired", len(expired))
                 log(
@@ -906,6 +978,24 @@ def _peer_host(fd: int) -> str:
         return str(sock.getpeername()[0])
     except OSError:
         return ""
+    finally:
+        sock.detach()
+
+
+def _refuse(fd: int, answer: bytes) -> None:
+    """Answer a passed connection with an HTTP error (nonblocking: the small answer fits an
+    empty send buffer) and a FIN; the caller closes ``fd``."""
+    sock = socket.socket(fileno=fd)
+    try:
+        with contextlib.suppress(OSError):
+            # Read what the origin only peeked: unread bytes at close() send a RST,
+            # which can destroy the answer before the client reads it.
+            for _ in range(8):
+                if not sock.recv(65536, socket.MSG_DONTWAIT):
+                    break
+        with contextlib.suppress(OSError):
+            sock.send(answer, socket.MSG_DONTWAIT)
+            sock.shutdown(socket.SHUT_WR)
     finally:
         sock.detach()
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import socket
 
+from core.cluster import check_public_url
 from core.config import MAX_REPLAY_BYTES, ServerConfig
 from core.heartbeat import DEFAULT_PRESET, PRESETS, resolve
 
@@ -387,6 +390,27 @@ def build_parser() -> argparse.ArgumentParser:
         f"BENCHMARKS.md) (default {d.durability})",
     )
     p.add_argument(
+        "--cluster",
+        default=d.cluster,
+        metavar="REDIS_URL",
+        help="join the cluster kept in this Redis (redis://HOST:PORT/DB; needs the"
+        " [cluster] extra); every node must use the same --secret-file content"
+        " (default: single machine, no Redis)",
+    )
+    p.add_argument(
+        "--node",
+        default=d.node,
+        metavar="NAME",
+        help="this node's name in the cluster, unique (default: the host name and --port)",
+    )
+    p.add_argument(
+        "--public-url",
+        default=d.public_url,
+        metavar="URL",
+        help="ws://HOST:PORT where clients reach this node; other nodes redirect a room's"
+        " players here (default: ws://--host:--port)",
+    )
+    p.add_argument(
         "--no-gc-tuning",
         action="store_true",
         help="keep CPython's default GC settings in shards (for benchmarking)",
@@ -422,6 +446,20 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
     if args.relay_budget_bytes < 1 or args.broadcast_log_bytes < 1:
         parser.error("--relay-budget-bytes and --broadcast-log-bytes must be at least 1")
     policy = resolve(args.heartbeat, args.heartbeat_interval, args.heartbeat_timeout)
+    if args.cluster is not None:
+        if not args.cluster.startswith(("redis://", "rediss://", "unix://")):
+            parser.error("--cluster must be a redis://HOST:PORT/DB URL")
+        if importlib.util.find_spec("coredis") is None:
+            parser.error("--cluster needs coredis: pip install -e '.[cluster]'")
+        if not args.port and not (args.node and args.public_url):
+            parser.error("--cluster with --port 0 needs --node and --public-url")
+        args.node = args.node or f"{socket.gethostname()}:{args.port}"
+        try:
+            args.public_url = check_public_url(args.public_url or f"ws://{args.host}:{args.port}")
+        except ValueError as exc:
+            parser.error(f"--public-url: {exc}")
+    elif args.node or args.public_url:
+        parser.error("--node and --public-url need --cluster")
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -468,4 +506,7 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         close_timeout=args.close_timeout,
         roll_return_timeout=args.roll_return_timeout,
         durability=args.durability,
+        cluster=args.cluster,
+        node=args.node,
+        public_url=args.public_url,
     )

@@ -113,4 +113,16 @@ def format_status(status: dict[str, Any]) -> str:
         f"supervisor pid {status.get('pid')} port {status.get('port')} "
         f"rolling={status.get('rolling')} stopping={status.get('stopping')}"
     )
+    cluster = status.get("cluster")
+    if cluster:
+        head += (
+            f"\ncluster node {cluster['node']} ({cluster['public_url']}) redis {cluster['redis']}"
+            f" reachable={cluster['reachable']} rtt_ms={cluster['rtt_ms']}"
+            f" lease_s={cluster['lease_s']} fenced={cluster['fenced']}"
+        )
+        for m in cluster.get("members", []):
+            head += (
+                f"\n  node {m['node']} {m['url'] or '-'} alive={m['alive']}"
+                f" lease_ms={m['lease_ms']} rooms={m['rooms']}"
+            )
     return "\n".join([head, *lines])

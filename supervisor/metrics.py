@@ -368,6 +368,35 @@ class ShardCollector(Collector):
             sessions.add_metric([str(slot), "away"], away)
             rooms.add_metric([str(slot)], room_count)
         yield from (connections, sessions, rooms)
+        if sup.cluster is not None:
+            yield from _cluster_gauges(sup.cluster.status())
+
+
+def _cluster_gauges(status: dict[str, Any]) -> Iterator[Metric]:
+    """Cluster mode: this node's view of Redis and its lease, and every node's rooms."""
+    for name, help_text, key in (
+        ("ws_cluster_redis_reachable", "1 when the last Redis call succeeded.", "reachable"),
+        ("ws_cluster_fenced", "1 while this node's lease is lost (no rooms served).", "fenced"),
+        ("ws_cluster_lease_seconds", "Seconds this node's lease has left.", "lease_s"),
+        ("ws_cluster_redis_rtt_ms", "Round trip of the last lease renewal, ms.", "rtt_ms"),
+        ("ws_cluster_rooms_claimed", "Rooms this node holds a claim on.", "rooms_claimed"),
+    ):
+        value = status.get(key)
+        if value is not None:
+            yield GaugeMetricFamily(name, help_text, value=float(value))
+    nodes = GaugeMetricFamily(
+        "ws_cluster_node_rooms",
+        "Rooms owned per node (alive: its lease holds).",
+        labels=("node", "alive"),
+    )
+    for member in status.get("members", []):
+        nodes.add_metric([str(member["node"]), str(member["alive"]).lower()], member["rooms"])
+    yield nodes
+    yield CounterMetricFamily(
+        "ws_cluster_redirects",
+        "Room connections redirected to their owner node.",
+        value=status.get("redirects", 0),
+    )
 
 
 # ====================================================================== HTTP

@@ -1,0 +1,171 @@
+"""What cluster mode keeps in Redis, and the rules that make one owner per room.
+
+Pure: key names, the Lua scripts (run atomically by Redis), the lease arithmetic on the
+node's own monotonic clock (time passed in), the secret's fingerprint and the redirect
+URL. The I/O around it is ``supervisor.cluster``.
+
+Every key starts with the hash tag ``{ws}``, so on a Redis Cluster they share one slot and
+the scripts below may touch keys they only learn while running (a room's owner's lease).
+
+* ``{ws}:epoch`` - the cluster's start (Unix seconds, set once with NX). Resume tokens
+  issued before it name sessions of an earlier cluster: it replaces one supervisor's boot
+  time, so restarting one node does not invalidate sessions held by the others. Losing
+  Redis' data loses it: the next node to start sets a new one (a full restart).
+* ``{ws}:secret`` - a fingerprint of the token key (an HMAC of a fixed text, never the
+  key). A node whose key differs refuses to start: its tokens would be forged elsewhere.
+* ``{ws}:node:NAME`` - the node's lease: its incarnation (random per start) and public
+  URL, with a TTL (``LEASE_TTL_S``) renewed every ``LEASE_RENEW_S``. ``{ws}:nodes`` is
+  the set of names ever seen (status lists them with their lease's time to live).
+* ``{ws}:room:ID`` - a hash: ``owner`` (a node name) and ``fence`` (incremented on every
+  change of owner, never reset). ``{ws}:rooms:NAME`` - the rooms a node owns (status).
+
+A node that could not renew its lease for ``LEASE_TTL_S`` by its own clock, measured from
+when it *sent* its last successful renewal, must assume another node has claimed its
+rooms: it stops serving them (``Lease.fenced``). Redis expires the key no earlier than
+that, so there is never a moment when two nodes both believe they own one room.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+PREFIX = "{ws}:"
+EPOCH_KEY = PREFIX + "epoch"
+SECRET_KEY = PREFIX + "secret"
+NODES_KEY = PREFIX + "nodes"
+LEASE_PREFIX = PREFIX + "node:"
+ROOM_PREFIX = PREFIX + "room:"
+ROOMS_OF_PREFIX = PREFIX + "rooms:"
+
+# Lease: renewed every second, lost after five without a renewal. A node cut off from Redis
+# stops serving its rooms within LEASE_TTL_S; a dead node's rooms can be claimed after it.
+LEASE_RENEW_S = 1.0
+LEASE_TTL_S = 5.0
+
+
+class ClusterRefused(Exception):
+    """This node must not join (another token key, its name in use): exit 2, said why."""
+
+
+class ClusterUnavailable(Exception):
+    """Redis did not answer in time, or this node's lease is lost: retry later."""
+
+
+def lease_key(node: str) -> str:
+    return LEASE_PREFIX + node
+
+
+def room_key(room: str) -> str:
+    return ROOM_PREFIX + room
+
+
+def rooms_of_key(node: str) -> str:
+    return ROOMS_OF_PREFIX + node
+
+
+# KEYS[1] lease of this node, KEYS[2] the node set; ARGV: name, incarnation, url, ttl ms.
+# Renews only this incarnation's lease (or takes a free one): a second process started
+# with the same --node name while the first lives gets "taken" and must not serve.
+RENEW_LEASE = """
+local held = redis.call('HGET', KEYS[1], 'incarnation')
+if held and held ~= ARGV[2] then
+  return {'taken', held}
+end
+redis.call('HSET', KEYS[1], 'incarnation', ARGV[2], 'url', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[1])
+return {'ok', ARGV[2]}
+"""
+
+# KEYS[1] the room; ARGV: claiming node, its incarnation, lease prefix, rooms-of prefix.
+# Keeps the current owner while its lease lives; otherwise the claimer takes the room and
+# the fence goes up. A claimer without a live lease of its own gets nothing (it is
+# fenced). Returns {owner, fence, owner's url}.
+CLAIM_ROOM = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then
+  local url = redis.call('HGET', ARGV[3] .. owner, 'url')
+  if url then
+    return {owner, tonumber(redis.call('HGET', KEYS[1], 'fence')), url}
+  end
+  redis.call('SREM', ARGV[4] .. owner, KEYS[1])
+end
+if redis.call('HGET', ARGV[3] .. ARGV[1], 'incarnation') ~= ARGV[2] then
+  return {false, 0, false}
+end
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+redis.call('SADD', ARGV[4] .. ARGV[1], KEYS[1])
+return {ARGV[1], fence, redis.call('HGET', ARGV[3] .. ARGV[1], 'url')}
+"""
+
+# KEYS[1] the room, KEYS[2] the node's room set; ARGV: node, fence. A stale release (the
+# room was claimed again since: another fence) changes nothing. The fence stays.
+RELEASE_ROOM = """
+redis.call('SREM', KEYS[2], KEYS[1])
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
+   and redis.call('HGET', KEYS[1], 'fence') == ARGV[2] then
+  redis.call('HDEL', KEYS[1], 'owner')
+  return 1
+end
+return 0
+"""
+
+
+def secret_fingerprint(key: bytes) -> str:
+    """What every node compares to know it signs tokens with the cluster's key; it
+    reveals nothing of the key (HMAC-SHA256 of a fixed text, hex)."""
+    return hmac.new(key, b"ws cluster token key fingerprint v1", hashlib.sha256).hexdigest()
+
+
+@dataclass
+class Lease:
+    """This node's lease as its own monotonic clock sees it.
+
+    ``renewed(sent_at)`` after each successful renewal, with the time the renewal was
+    *sent* (Redis may have applied it any time after that, so the lease is counted from
+    the earliest moment). ``fenced(now)``: no renewal for ``ttl`` - another node may own
+    this node's rooms now."""
+
+    ttl: float = LEASE_TTL_S
+    valid_until: float = float("-inf")
+
+    def renewed(self, sent_at: float) -> None:
+        self.valid_until = max(self.valid_until, sent_at + self.ttl)
+
+    def fenced(self, now: float) -> bool:
+        return now >= self.valid_until
+
+    def remaining(self, now: float) -> float:
+        return max(0.0, self.valid_until - now)
+
+
+def check_public_url(url: str) -> str:
+    """``--public-url``: ``ws://HOST:PORT`` or ``wss://HOST[:PORT]`` with no path, query or
+    fragment (the redirect appends the client's own path and query). Returns it without a
+    trailing slash; raises ValueError saying what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"{url!r} is not ws://HOST:PORT or wss://HOST:PORT")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{url!r} must have no path, query or fragment")
+    return url.rstrip("/")
+
+
+def redacted(redis_url: str) -> str:
+    """``redis_url`` without its user and password, for logs and status."""
+    parts = urlsplit(redis_url)
+    if parts.password is None and parts.username is None:
+        return redis_url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def redirect_url(public_url: str, target: str) -> str:
+    """Where a client that asked for ``target`` (the request target: path and query, as
+    it sent them) finds the node at ``public_url``."""
+    return public_url + (target if target.startswith("/") else "/" + target)

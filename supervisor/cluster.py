@@ -1,0 +1,268 @@
+"""This node's membership of a cluster: the Redis connection, the lease, room claims.
+
+Only with ``--cluster redis://HOST:PORT/DB``; single-machine mode never imports coredis.
+The keys and scripts are ``core.cluster``'s; this module runs them (coredis 6, which is
+anyio-native and runs under trio) and keeps the lease alive:
+
+* ``join`` checks the token key's fingerprint (a node with another key refuses to start),
+  reads or sets the cluster epoch and takes the node's lease (a live node of the same
+  name refuses the newcomer);
+* ``keep_lease`` renews the lease every ``LEASE_RENEW_S``; when no renewal succeeded for
+  ``LEASE_TTL_S`` by this node's clock it calls ``on_fenced`` once (the supervisor stops
+  serving its rooms), and ``on_unfenced`` when a renewal succeeds again;
+* ``claim_room`` / ``release_room`` run the fenced claim and release scripts.
+
+Every Redis call is bounded by ``REDIS_TIMEOUT_S``; a call that fails raises
+``ClusterUnavailable`` (the caller answers its client with a clear error) and is logged by
+the caller. Cost: one Redis round trip per renewal and per room claim or release; nothing
+on the message path.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import coredis
+import trio
+
+from core import cluster
+from core.cluster import ClusterRefused, ClusterUnavailable
+from shards.log import log
+
+REDIS_TIMEOUT_S = 2.0  # bound of one Redis call (a partition must not hang a claim)
+
+
+@dataclass(frozen=True)
+class RoomClaim:
+    """Who owns a room after a claim: ``owner`` (a node name), its ``fence`` and the
+    owner's public URL."""
+
+    owner: str
+    fence: int
+    url: str
+
+
+class ClusterNode:
+    def __init__(
+        self,
+        redis_url: str,
+        node: str,
+        public_url: str,
+        secret: bytes,
+        on_fenced: Callable[[], None] = lambda: None,
+        on_unfenced: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.redis_url = redis_url
+        self.node = node
+        self.public_url = public_url
+        self.incarnation = os.urandom(8).hex()
+        self.lease = cluster.Lease()
+        self.epoch = 0.0
+        self.reachable = False
+        self.rtt_ms: float | None = None  # last renewal's round trip
+        self.fenced = True  # until the first renewal
+        self.fences: dict[str, int] = {}  # rooms this node claimed -> their fence
+        self.members: list[dict[str, object]] = []  # every node, as of the last renewal
+        self.claims = 0
+        self.redirects = 0
+        self._fingerprint = cluster.secret_fingerprint(secret)
+        self._on_fenced = on_fenced
+        self._on_unfenced = on_unfenced
+        self._redis: Any = None
+        self._renew: Any = None
+        self._claim: Any = None
+        self._release: Any = None
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, ``join``, report started, then keep the lease until cancelled."""
+        redis = coredis.Redis.from_url(
+            self.redis_url, decode_responses=True, connect_timeout=REDIS_TIMEOUT_S
+        )
+        # coredis' client is a task group (anyio): what escapes it comes out grouped, so
+        # a refusal is carried out of it by hand, as the bare exception ``start`` expects.
+        refused: Exception | None = None
+        try:
+            async with redis:
+                self._redis = redis
+                self._renew = redis.register_script(cluster.RENEW_LEASE)
+                self._claim = redis.register_script(cluster.CLAIM_ROOM)
+                self._release = redis.register_script(cluster.RELEASE_ROOM)
+                try:
+                    await self.join()
+                except (ClusterRefused, ClusterUnavailable) as exc:
+                    refused = exc
+                else:
+                    task_status.started()
+                    await self.keep_lease()
+        except* (OSError, coredis.exceptions.RedisError) as group:
+            refused = ClusterUnavailable(
+                f"redis at {cluster.redacted(self.redis_url)}: {group.exceptions[0]!r}"
+            )
+        if refused is not None:
+            raise refused
+
+    async def _call(self, what: str, coro_fn: Callable[[], Any]) -> Any:
+        try:
+            with trio.fail_after(REDIS_TIMEOUT_S):
+                return await coro_fn()
+        except (trio.TooSlowError, OSError, coredis.exceptions.RedisError) as exc:
+            self.reachable = False
+            raise ClusterUnavailable(f"{what}: {type(exc).__name__}: {exc}") from None
+
+    async def join(self) -> None:
+        redis = self._redis
+        await self._call(
+            "secret",
+            lambda: redis.set(
+                cluster.SECRET_KEY, self._fingerprint, condition=coredis.PureToken.NX
+            ),
+        )
+        held = await self._call("secret", lambda: redis.get(cluster.SECRET_KEY))
+        if held != self._fingerprint:
+            raise ClusterRefused(
+                "this node's token key (--secret-file) differs from the cluster's: every"
+                " node must use the same key file content"
+            )
+        now = f"{time.time():.3f}"
+        await self._call(
+            "epoch", lambda: redis.set(cluster.EPOCH_KEY, now, condition=coredis.PureToken.NX)
+        )
+        self.epoch = float(await self._call("epoch", lambda: redis.get(cluster.EPOCH_KEY)))
+        if not await self.renew():
+            raise ClusterRefused(f"node name {self.node!r} is held by a live node")
+
+    async def renew(self) -> bool:
+        """One renewal; False when another live process holds this node name."""
+        sent = trio.current_time()
+        status, _ = await self._call(
+            "lease",
+            lambda: self._renew(
+                keys=[cluster.lease_key(self.node), cluster.NODES_KEY],
+                args=[
+                    self.node,
+                    self.incarnation,
+                    self.public_url,
+                    int(self.lease.ttl * 1000),
+                ],
+            ),
+        )
+        if status != "ok":
+            return False
+        self.rtt_ms = (trio.current_time() - sent) * 1000
+        self.reachable = True
+        self.lease.renewed(sent)
+        return True
+
+    async def keep_lease(self) -> None:
+        """Renew every ``LEASE_RENEW_S`` until cancelled; fence and unfence on the way."""
+        while True:
+            try:
+                taken = not await self.renew()
+            except ClusterUnavailable as exc:
+                taken = False
+                log("cluster_unreachable", node=self.node, error=str(exc)[:200])
+            if taken:
+                log("lease_taken", node=self.node, reason="another process uses this name")
+                self.lease.valid_until = float("-inf")
+            elif self.reachable:
+                try:
+                    self.members = await self.nodes()
+                except ClusterUnavailable:
+                    pass  # the next renewal says whether Redis is gone
+            now = trio.current_time()
+            fenced = self.lease.fenced(now)
+            if fenced and not self.fenced:
+                self.fenced = True
+                self.fences.clear()
+                log("lease_lost", node=self.node, ttl_s=self.lease.ttl)
+                self._on_fenced()
+            elif not fenced and self.fenced:
+                self.fenced = False
+                log("lease_held", node=self.node, rtt_ms=self.rtt_ms, epoch=self.epoch)
+                self._on_unfenced()
+            # Wake in time to notice a lost lease within the TTL, not a renewal later.
+            wait = cluster.LEASE_RENEW_S
+            if not fenced:
+                wait = min(wait, max(0.0, self.lease.valid_until - now))
+            await trio.sleep(wait)
+
+    async def claim_room(self, room: str) -> RoomClaim:
+        """The room's owner, taking it when nobody's lease holds it. Raises
+        ``ClusterUnavailable`` when Redis does not answer or this node is fenced."""
+        if self.lease.fenced(trio.current_time()):
+            raise ClusterUnavailable("this node's lease is lost")
+        owner, fence, url = await self._call(
+            "claim",
+            lambda: self._claim(
+                keys=[cluster.room_key(room)],
+                args=[
+                    self.node,
+                    self.incarnation,
+                    cluster.LEASE_PREFIX,
+                    cluster.ROOMS_OF_PREFIX,
+                ],
+            ),
+        )
+        if not owner:
+            raise ClusterUnavailable("this node's lease is lost")
+        if owner == self.node:
+            if self.fences.get(room) != fence:
+                self.claims += 1
+                log("room_claimed", room=room, node=self.node, fence=fence)
+            self.fences[room] = int(fence)
+        return RoomClaim(owner, int(fence), url)
+
+    async def release_room(self, room: str) -> None:
+        """Give up ``room`` (its last session left); a stale release changes nothing."""
+        fence = self.fences.pop(room, None)
+        if fence is None:
+            return
+        await self._call(
+            "release",
+            lambda: self._release(
+                keys=[cluster.room_key(room), cluster.rooms_of_key(self.node)],
+                args=[self.node, fence],
+            ),
+        )
+
+    async def nodes(self) -> list[dict[str, object]]:
+        """Every node seen: name, public URL, lease time left (0: dead), rooms owned."""
+        redis = self._redis
+        names = sorted(await self._call("status", lambda: redis.smembers(cluster.NODES_KEY)))
+        out: list[dict[str, object]] = []
+        for name in names:
+            url = await self._call("status", lambda n=name: redis.hget(cluster.lease_key(n), "url"))
+            ttl = await self._call("status", lambda n=name: redis.pttl(cluster.lease_key(n)))
+            rooms = await self._call("status", lambda n=name: redis.scard(cluster.rooms_of_key(n)))
+            out.append(
+                {
+                    "node": name,
+                    "url": url,
+                    "lease_ms": max(0, int(ttl)),
+                    "alive": ttl > 0,
+                    "rooms": int(rooms),
+                }
+            )
+        return out
+
+    def status(self) -> dict[str, object]:
+        """This node's view without a Redis call (for /status and the control socket)."""
+        now = trio.current_time()
+        return {
+            "node": self.node,
+            "public_url": self.public_url,
+            "redis": cluster.redacted(self.redis_url),
+            "reachable": self.reachable,
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            "lease_s": round(self.lease.remaining(now), 3),
+            "fenced": self.fenced,
+            "epoch": self.epoch,
+            "rooms_claimed": len(self.fences),
+            "claims": self.claims,
+            "redirects": self.redirects,
+            "members": self.members,
+        }
