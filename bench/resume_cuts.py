@@ -3,7 +3,7 @@
     python -m bench resume_cuts [--cuts 50] [--shards 4] [--interval 0.2]
 
 A ``python -m supervisor`` is started; client **C** (``client.open_reconnecting_client``)
-talks to it through ``bench.netcut.CuttingProxy``, which resets every connection through it
+talks to it through ``lab.netcut.CuttingProxy``, which resets every connection through it
 ``--cuts`` times, every ``--interval`` seconds. Meanwhile:
 
 * client -> server: C sends ``echo`` with data 1, 2, 3, ... (each gets a cseq); the server
@@ -44,7 +44,6 @@ import trio
 from trio_websocket import open_websocket_url
 
 from bench._report import Progress, Report, percentile, scenario_parser
-from bench.netcut import CuttingProxy
 from client import (
     Away,
     Backoff,
@@ -54,6 +53,7 @@ from client import (
     SessionLost,
     open_reconnecting_client,
 )
+from lab.netcut import CuttingProxy
 from lab.server import open_server
 
 

@@ -134,6 +134,15 @@ class Drain(_Control, tag="drain", kw_only=True):
     window_ms: int = 0
 
 
+class EvictRooms(_Control, tag="evict_rooms", kw_only=True):
+    """Supervisor -> shard (cluster mode): this node lost its lease, another node may own
+    its rooms now. End every room session here and tell its client to come back
+    (``server_shutdown`` + 1012) to be seated by the room's new owner."""
+
+    reason: str
+    reconnect_after_ms: int
+
+
 class Evacuate(_Control, tag="evacuate", kw_only=True):
     """Draining shard -> supervisor: part of one unit (a room with the app's exported
     state in its first part, or a slice of lobby sessions) for the replacement to adopt.
@@ -275,6 +284,7 @@ ControlMessage = (
     | Evacuated
     | SessionResumed
     | Checkpoint
+    | EvictRooms
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -800,6 +800,27 @@ class SessionHost:
         log("adopted", shard=self.shard_index, room=room, sessions=len(sessions))
         return Adopted(shard=self.shard_index, unit=adopt.unit)
 
+    def evict_rooms(self, reason: str, reconnect_after_ms: int) -> int:
+        """Cluster mode, the node's lease is lost: another node may seat these rooms now,
+        so none may go on here. Every room session ends (``reason``: its room hears
+        ``user_left``), its client is told to come back elsewhere. Returns how many.
+        O(room sessions of this shard)."""
+        ended = 0
+        for members in list(self.rooms.values()):
+            for sid in list(members):
+                session = self.sessions.get(sid)
+                if session is None:
+                    continue
+                conn = self.attached.pop(sid, None)
+                if conn is not None:
+                    conn.session = None  # its close is not an away: the seat is gone
+                    self.tell_to_leave(conn, reason, reconnect_after_ms)
+                session.leave()
+                self._end(session, reason)
+                ended += 1
+        log("rooms_evicted", shard=self.shard_index, reason=reason, sessions=ended)
+        return ended
+
     def tell_to_leave(self, conn: SessionConnection, reason: str, reconnect_after_ms: int) -> None:
         conn.send_message(
             ServerShutdown(

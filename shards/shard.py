@@ -35,6 +35,7 @@ from core.control import (
     ControlMessage,
     Drain,
     Evacuated,
+    EvictRooms,
     Handoff,
     Journal,
     Load,
@@ -308,6 +309,9 @@ class Shard:
                     self._control(adopted)
         elif isinstance(message, Evacuated):
             self.drainer.on_evacuated(message)
+        elif isinstance(message, EvictRooms):
+            if host is not None:
+                host.evict_rooms(message.reason, message.reconnect_after_ms)
         elif isinstance(message, Drain):
             self._nursery.start_soon(
                 self.drainer.drain,

@@ -36,6 +36,7 @@ from core.control import (
     Drained,
     Evacuate,
     Evacuated,
+    EvictRooms,
     Fetch,
     FrameReader,
     Handoff,
@@ -248,10 +249,21 @@ class Supervisor:
         return True
 
     def _fenced(self) -> None:
-        """The lease ran out: another node may own this node's rooms now. New rooms are
-        refused until it is renewed (``ClusterNode.claim_room``)."""
-        rooms = sum(self.directory.room_count(h.generation) for h in self.processes.values())
+        """The lease ran out: another node may own this node's rooms now, so no shard here
+        may serve one any longer. Every shard ends its room sessions (their clients come
+        back through the load balancer to the new owner); new rooms are refused (503)
+        until the lease is renewed (``ClusterNode.claim_room``)."""
+        rooms = 0
+        for handle in self.processes.values():  # placed or lingering here: not any more
+            for room in self.directory.rooms_of(handle.generation):
+                rooms += self.directory.release_room(room, handle.generation)
         log("rooms_fenced", node=self.config.node, rooms=rooms)
+        evict = encode_frame(
+            EvictRooms(reason="room_moved", reconnect_after_ms=self.config.reconnect_after_ms)
+        )
+        for handle in self.processes.values():
+            if not handle.exited.is_set():
+                handle.send_frame(evict)
 
     async def _release_claims(self) -> None:
         """Give back to the cluster the claims of rooms no local shard has any more (their
@@ -696,6 +708,8 @@ class Supervisor:
         nobody's lease holds it: one Redis round trip, only for a room no local shard
         has), else with ``redirect`` set to the owner's public URL."""
         assert self.cluster is not None and note.room is not None
+        if self.cluster.fenced:
+            raise ClusterUnavailable("this node's lease is lost")
         if self._live(self.directory.room_owner(note.room)) is not None:
             return note  # hosted or placed here: this node's claim holds it
         claim = await self.cluster.claim_room(note.room)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -20,7 +21,8 @@ import trio
 
 from core.close_codes import CloseCode
 from core.cluster import LEASE_TTL_S
-from lab.rawws import Closed, RawClient
+from lab.netcut import CuttingProxy
+from lab.rawws import Closed, RawClient, handshake_request
 from lab.redis import RedisServer, free_port, open_redis, redis_available
 from lab.server import ROOT, ServerProcess, kill_tree, open_server
 
@@ -30,9 +32,9 @@ pytestmark = [
 ]
 
 
-def node_args(redis: RedisServer, name: str, port: int, *more: str) -> tuple[str, ...]:
+def node_args(redis_url: str, name: str, port: int, *more: str) -> tuple[str, ...]:
     url = f"ws://127.0.0.1:{port}"
-    return ("--cluster", redis.url, "--node", name, "--public-url", url, "--port", str(port), *more)
+    return ("--cluster", redis_url, "--node", name, "--public-url", url, "--port", str(port), *more)
 
 
 @asynccontextmanager
@@ -41,7 +43,7 @@ async def open_nodes(redis: RedisServer, *names: str) -> AsyncIterator[dict[str,
     async with AsyncExitStack() as stack:
         nodes = {}
         for name in names:
-            args = node_args(redis, name, free_port())
+            args = node_args(redis.url, name, free_port())
             nodes[name] = await stack.enter_async_context(open_server(*args, shards=2))
             await nodes[name].log.wait_for("cluster_joined", node=name)
         yield nodes
@@ -97,12 +99,12 @@ async def test_a_room_connection_on_another_node_is_redirected_to_its_owner() ->
         status = json.loads(await a.command("status", "--json"))["cluster"]
         assert status["node"] == "a" and status["reachable"] and not status["fenced"], status
         assert 0 < status["lease_s"] <= LEASE_TTL_S
-        with trio.fail_after(5):  # members are read once per renewal
-            while len(status["members"]) < 3:
+        expected = {"a": (True, 1), "b": (True, 1), "c": (True, 0)}
+        with trio.move_on_after(5):  # members are read once per renewal
+            while {m["node"]: (m["alive"], m["rooms"]) for m in status["members"]} != expected:
                 await trio.sleep(0.2)
                 status = json.loads(await a.command("status", "--json"))["cluster"]
-        rooms = {m["node"]: (m["alive"], m["rooms"]) for m in status["members"]}
-        assert rooms == {"a": (True, 1), "b": (True, 1), "c": (True, 0)}, status
+        assert {m["node"]: (m["alive"], m["rooms"]) for m in status["members"]} == expected
         text = await a.command("status")
         assert "cluster node a" in text and "node b ws://127.0.0.1:" in text, text
 
@@ -136,7 +138,7 @@ async def test_a_node_with_another_token_key_refuses_to_start() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             secret = os.path.join(tmp, "other-secret")
             port = free_port()
-            args = node_args(redis, "b", port, "--secret-file", secret)
+            args = node_args(redis.url, "b", port, "--secret-file", secret)
             async with open_server(*args, shards=1, ready=False) as b:
                 code = await b.process.wait()
                 assert code == 2
@@ -147,7 +149,7 @@ async def test_a_node_with_another_token_key_refuses_to_start() -> None:
 
 async def test_a_second_process_with_a_live_nodes_name_refuses_to_start() -> None:
     async with open_redis() as redis, open_nodes(redis, "a") as nodes:
-        args = node_args(redis, "a", free_port())
+        args = node_args(redis.url, "a", free_port())
         async with open_server(*args, shards=1, ready=False) as twin:
             assert await twin.process.wait() == 2
             refused = await twin.log.wait_for("cluster_refused", node="a")
@@ -177,3 +179,72 @@ async def test_without_redis_a_node_refuses_to_start_saying_why() -> None:
         assert await node.process.wait() == 2
         refused = await node.log.wait_for("cluster_refused")
         assert refused["reason"], refused
+
+
+async def test_a_node_cut_off_from_redis_stops_serving_its_rooms_before_another_takes_them() -> (
+    None
+):
+    """Partition: node a's Redis traffic goes through a proxy the test blackholes. a stops
+    serving its room (its player gets server_shutdown + 1012) within its lease, before b
+    can claim the room (fence 2); a refuses new rooms while fenced; healed, a redirects
+    the room's players to b: no room is ever served by two nodes at once."""
+    async with open_redis() as redis:
+        async with trio.open_nursery() as nursery:
+            proxy = CuttingProxy("127.0.0.1", redis.port)
+            await nursery.start(proxy.run)
+            via_proxy = f"redis://127.0.0.1:{proxy.port}/0"
+            pa, pb = free_port(), free_port()
+            async with (
+                open_server(*node_args(via_proxy, "a", pa), shards=2) as a,
+                open_server(*node_args(redis.url, "b", pb), shards=2) as b,
+            ):
+                player, welcome = await RawClient.open(a.port, "/rooms/r1")
+                assert welcome is not None
+                await a.log.wait_for("room_claimed", room="r1", node="a", fence="1")
+                proxy.blackhole(True)
+                cut_at = time.time()
+                shutdown = await player.receive_until("server_shutdown", timeout=LEASE_TTL_S + 5)
+                assert shutdown["reason"] == "room_moved"
+                with pytest.raises(Closed) as closed:
+                    while True:
+                        await player.receive(timeout=10)
+                assert closed.value.code == CloseCode.SERVICE_RESTART
+                told_at = time.time()
+                assert told_at - cut_at <= LEASE_TTL_S + 1
+                lost = await a.log.wait_for("lease_lost", node="a")
+                since_lost = len(a.log.lines)
+                # While fenced, a places no room: a clear 503, not a silent drop.
+                head = await upgrade_status(a.port, "/rooms/r2")
+                assert head.startswith(b"HTTP/1.1 503"), head
+                # b claims r1 only once a's lease has run out in Redis too.
+                with trio.fail_after(LEASE_TTL_S + 10):
+                    while True:
+                        client, _ = await RawClient.open(b.port, "/rooms/r1", welcome=False)
+                        first = await client.receive(timeout=10)
+                        await client.aclose()
+                        if first["type"] == "welcome":
+                            break
+                        await trio.sleep(0.2)
+                claimed = await b.log.wait_for("room_claimed", room="r1", node="b")
+                assert claimed["fence"] == "2"
+                assert float(lost["ts"]) <= told_at <= float(claimed["ts"])
+                proxy.blackhole(False)
+                await a.log.wait_for("lease_held", node="a", after=since_lost)
+                url = await redirected(a.port, "/rooms/r1")
+                assert url == f"ws://127.0.0.1:{b.port}/rooms/r1"
+            nursery.cancel_scope.cancel()
+
+
+async def upgrade_status(port: int, path: str) -> bytes:
+    """The status line an upgrade request for ``path`` is answered with."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(handshake_request("127.0.0.1", port, path))
+        head = b""
+        with trio.fail_after(10):
+            while b"\r\n" not in head:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                head += chunk
+    return head.split(b"\r\n")[0]

@@ -2,6 +2,9 @@
 
 ``cut()`` resets both sides (SO_LINGER 0): bytes in flight are lost, neither end gets a
 close frame - what a phone switching from Wi-Fi to 4G looks like to client and server.
+``blackhole(True)`` is a partition instead: connections stay open but nothing crosses
+(bytes are held, as TCP retransmits them; new connections are accepted and not connected
+onward) until ``blackhole(False)``; neither end is told anything, as with a pulled cable.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class CuttingProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self.cuts = 0
+        self.blackholed = False
+        self._healed = trio.Event()
         self._pairs: set[tuple[trio.SocketStream, trio.SocketStream]] = set()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -36,6 +41,8 @@ class CuttingProxy:
         await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, client: trio.SocketStream) -> None:
+        while self.blackholed:
+            await self._healed.wait()
         try:
             upstream = await trio.open_tcp_stream(*self.target)
         except OSError:
@@ -52,12 +59,13 @@ class CuttingProxy:
             for stream in pair:
                 _reset(stream)
 
-    @staticmethod
     async def _pump(
-        src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope
+        self, src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope
     ) -> None:
         try:
             async for data in src:
+                while self.blackholed:
+                    await self._healed.wait()
                 await dst.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -66,6 +74,14 @@ class CuttingProxy:
     @property
     def connections(self) -> int:
         return len(self._pairs)
+
+    def blackhole(self, on: bool) -> None:
+        """Partition (``True``) or heal (``False``) every connection through the proxy."""
+        self.blackholed = on
+        if on:
+            self._healed = trio.Event()
+        else:
+            self._healed.set()
 
     def cut(self) -> int:
         """Reset every connection through the proxy; returns how many were cut."""
