@@ -12,7 +12,10 @@ It speaks the wire contract of ``docs/PROTOCOL.md``:
 * heartbeats every ``interval_ms / 2`` and client-side dead-server detection after
   ``interval_ms + timeout_ms`` of silence;
 * reconnects with jittered exponential backoff (``core.backoff.Backoff``), at the time
-  a ``server_shutdown`` asks for, later after 1013, and never after a terminal close.
+  a ``server_shutdown`` asks for, later after 1013, and never after a terminal close;
+* follows a cluster ``redirect`` (first message ``{"type":"redirect","url":URL}``, then
+  close 4002) at once: no backoff, no retry counted, the client's own resume state in the
+  query. At most ``MAX_REDIRECTS`` (5) in a row; see ``open_reconnecting_client``.
 
 Usage::
 
@@ -53,8 +56,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 MIN_HEARTBEAT_PERIOD = 0.05  # seconds; bounds the heartbeat rate whatever the server says
+# Redirects followed at once, in a row, without a welcome; the next one is a failed attempt.
+MAX_REDIRECTS = 5
 # Messages that are not part of the session stream and never reach the application.
-_CONTROL_TYPES = frozenset({"welcome", "heartbeat_ack", "server_shutdown"})
+_CONTROL_TYPES = frozenset({"welcome", "heartbeat_ack", "server_shutdown", "redirect"})
+# Close codes that confirm a redirect (4002, or the link just ended after the message).
+_REDIRECT_CLOSES = frozenset({None, CloseCode.NO_STATUS, CloseCode.ABNORMAL, CloseCode.REDIRECT})
 # HTTP statuses of a rejected upgrade that are worth retrying (others are terminal).
 _RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -101,7 +108,13 @@ class Message:
 class Away:
     """The connection dropped; the client is reconnecting. ``code`` is the close code
     (1006 when the link died without a close frame or the server went silent; ``None``
-    when none applies)."""
+    when none applies).
+
+    Only a welcomed connection's end is an ``Away``. A cluster ``redirect`` (close 4002)
+    is part of connecting, not a drop, and emits no event: the client connects to the
+    room's owner at once (``ReconnectingClient.redirects_followed`` counts them). A
+    redirect loop cut by ``MAX_REDIRECTS`` is a failed attempt; when the retries run
+    out the ``GaveUp`` reason says ``redirect loop``."""
 
     reason: str
     code: int | None
@@ -110,7 +123,10 @@ class Away:
 @dataclass(frozen=True, slots=True)
 class GaveUp:
     """The client stopped for good: a terminal close code, a session replaced by a newer
-    connection (4000), or the retry budget ran out. ``events()`` ends after this."""
+    connection (4000), a first message that is neither a good ``welcome`` nor a good
+    ``redirect`` (a redirect URL that is not ``ws://`` or ``wss://`` with a host: reason
+    ``bad redirect: …``, code 1002), or the retry budget ran out. ``events()`` ends
+    after this."""
 
     reason: str
     code: int | None = None
@@ -142,6 +158,10 @@ class _BadFrame(Exception):
         self.reason = reason
 
 
+class _BadRedirect(Exception):
+    """A ``redirect`` message whose ``url`` the client cannot follow."""
+
+
 # --------------------------------------------------------------------- internals
 @dataclass(slots=True)
 class _Ended:
@@ -154,6 +174,7 @@ class _Ended:
     overloaded: bool = False  # 1013: back off at least ``base``
     retry_after: float | None = None  # from a 1013 reason "retry_after_ms=N"
     reconnect_after: float | None = None  # from server_shutdown
+    redirect: str | None = None  # redirected (4002): connect here next, at once
 
     def __post_init__(self) -> None:
         if self.code is not None:
@@ -173,6 +194,7 @@ class _Link:
     silent_limit: float = math.inf
     dead: bool = False  # the watchdog gave up on a silent server
     shutdown: tuple[str, float] | None = None  # server_shutdown (reason, seconds)
+    redirect: str | None = None  # the first message was a redirect to this URL
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def encode(self, message: dict[str, Any]) -> str | bytes:
@@ -244,6 +266,31 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def _redirect_target(message: dict[str, Any]) -> str:
+    """The ``url`` of a ``redirect`` message; ``_BadRedirect`` unless it is a ``ws://``
+    or ``wss://`` URL with a host (and, if any, a valid port)."""
+    url = message.get("url")
+    if not isinstance(url, str):
+        raise _BadRedirect(f"url is {url!r}, not a string")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a port out of range or not a number
+    except ValueError:
+        host = None
+    else:
+        if parts.scheme not in ("ws", "wss"):
+            host = None
+    if not host:
+        raise _BadRedirect(f"url {url[:200]!r} is not ws:// or wss:// with a host")
+    return url
+
+
+def _where(url: str) -> str:
+    """``url`` without its query (which may hold a resume token), for logs and reasons."""
+    return urlunsplit(urlsplit(url)._replace(query="", fragment=""))
+
+
 def _describe(code: int | None, reason: str | None) -> str:
     name = ""
     if code is not None:
@@ -292,8 +339,11 @@ class ReconnectingClient:
         self._run_scope = trio.CancelScope()
         self._close_done = trio.Event()
         self._events_send, self._events_receive = trio.open_memory_channel[Event](math.inf)
+        self._redirect: str | None = None  # where the next attempt goes, if redirected
+        self._redirects = 0  # redirects followed in a row (no welcome, no wait between)
         self.duplicates_dropped = 0
         self.gaps = 0
+        self.redirects_followed = 0
 
     # ----------------------------------------------------------------- public API
     @property
@@ -373,6 +423,29 @@ class ReconnectingClient:
                 ended = await self._connect_once()
                 if self._closing:
                     return
+                if ended.redirect is not None:
+                    self._redirects += 1
+                    if self._redirects <= MAX_REDIRECTS:
+                        # Not a failure: the room lives on another node. Go there now,
+                        # without a backoff and without counting a retry.
+                        self._redirect = ended.redirect
+                        self.redirects_followed += 1
+                        log.info(
+                            "redirected to %s (%d in a row): connecting there now",
+                            _where(ended.redirect),
+                            self._redirects,
+                        )
+                        continue
+                    ended = _Ended(
+                        f"redirect loop: more than {MAX_REDIRECTS} redirects without a welcome"
+                        f" (the last to {_where(ended.redirect)})",
+                        ended.code,
+                    )
+                # Anything but a redirect (a welcomed link that ended, a failed attempt,
+                # a cut redirect loop): the next attempt goes to the original URL (the
+                # owner may have died; the load balancer knows the new one).
+                self._redirect = None
+                self._redirects = 0
                 if ended.welcomed:
                     attempt = 0
                 if ended.terminal:
@@ -403,9 +476,19 @@ class ReconnectingClient:
         self._events_send.close()
 
     def _resume_url(self) -> str:
-        if self._token is None:
+        """The URL of the next attempt: ``self.url`` (or, after a redirect, its target's
+        scheme, host, port and path) with the client's own query and resume state: a
+        redirect's query is never used, so a stale token in it cannot win."""
+        if self._token is None and self._redirect is None:
             return self.url
         parts = urlsplit(self.url)
+        if self._redirect is not None:
+            target = urlsplit(self._redirect)
+            parts = parts._replace(
+                scheme=target.scheme, netloc=target.netloc, path=target.path or "/"
+            )
+        if self._token is None:
+            return urlunsplit(parts)
         query = [
             (k, v)
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
@@ -455,8 +538,9 @@ class ReconnectingClient:
         url = self._resume_url()
         watch = _ReaderWatch(nursery)
         subprotocols = [self.subprotocol] if self.subprotocol else None
+        deadline = trio.current_time() + self.connect_timeout
         try:
-            with trio.fail_after(self.connect_timeout):
+            with trio.fail_at(deadline):
                 ws = await connect_websocket_url(watch, url, subprotocols=subprotocols)  # type: ignore[arg-type]
                 watch.opened = True
                 link.ws = ws
@@ -470,13 +554,21 @@ class ReconnectingClient:
             return _Ended(f"connect failed: {_error_text(exc)}")
         try:
             welcome = link.decode(frame)
-            if not (isinstance(welcome, dict) and welcome.get("type") == "welcome"):
+            if isinstance(welcome, dict) and welcome.get("type") == "redirect":
+                link.redirect = _redirect_target(welcome)
+            elif not (isinstance(welcome, dict) and welcome.get("type") == "welcome"):
                 raise _BadFrame(CloseCode.PROTOCOL_ERROR, "first message is not a welcome")
-            self._on_welcome(welcome, link)
+            else:
+                self._on_welcome(welcome, link)
+        except _BadRedirect as exc:
+            await self._close_bad(ws, CloseCode.PROTOCOL_ERROR, f"bad redirect: {exc}")
+            return _Ended(f"bad redirect: {exc}", CloseCode.PROTOCOL_ERROR, terminal=True)
         except (_BadFrame, KeyError, TypeError, ValueError) as exc:
             code = exc.code if isinstance(exc, _BadFrame) else CloseCode.PROTOCOL_ERROR
             await self._close_bad(ws, code, f"bad welcome: {exc}")
             return _Ended(f"bad welcome: {exc}", code, terminal=True)
+        if link.redirect is not None:
+            return await self._redirected(link, ws, deadline)
 
         link.last_inbound = trio.current_time()
         link.welcomed = link.ready = True
@@ -490,6 +582,25 @@ class ReconnectingClient:
             nursery.start_soon(self._watchdog, link)
         nursery.start_soon(self._flush, link)
         return await self._read_loop(link, ws)
+
+    async def _redirected(self, link: _Link, ws: WebSocketConnection, deadline: float) -> _Ended:
+        """After a ``redirect`` the server closes (4002) before the connect deadline; a
+        further message is a protocol error (terminal), no close in time a failed
+        attempt. ``_closed`` decides whether the close confirms the redirect."""
+        assert link.redirect is not None
+        try:
+            with trio.fail_at(deadline):
+                await ws.get_message()
+        except trio.TooSlowError:
+            return _Ended(
+                f"redirected to {_where(link.redirect)} but not closed within "
+                f"{self.connect_timeout:g} s (connect timeout)"
+            )
+        except ConnectionClosed as exc:
+            return self._closed(exc, link)
+        reason = "bad redirect: a message followed it"
+        await self._close_bad(ws, CloseCode.PROTOCOL_ERROR, reason)
+        return _Ended(reason, CloseCode.PROTOCOL_ERROR, terminal=True)
 
     async def _read_loop(self, link: _Link, ws: WebSocketConnection) -> _Ended:
         with link.scope:
@@ -519,6 +630,10 @@ class ReconnectingClient:
         code = int(close.code) if close is not None else None  # wsproto hands out an enum
         text = close.reason if close is not None else None
         welcomed = link.welcomed
+        if link.redirect is not None and code in _REDIRECT_CLOSES:
+            # Any other close after a redirect is the server's last word: classified below.
+            where = _where(link.redirect)
+            return _Ended(f"redirected to {where}", CloseCode.REDIRECT, redirect=link.redirect)
         if code in (None, CloseCode.ABNORMAL):
             reason = "connection lost"
             if link.shutdown is not None:  # told to come back later, then TCP ended
@@ -686,6 +801,19 @@ async def open_reconnecting_client(
 
     ``url``: ``ws://HOST:PORT/`` or ``ws://HOST:PORT/rooms/<id>``; the client adds
     ``resume``/``last_seq`` itself when reconnecting.
+
+    Cluster redirects: a connection whose first message is ``{"type":"redirect",
+    "url":URL}`` and which then closes with 4002 (or just ends) is followed at once: no
+    backoff, no retry counted, no event. The next attempt goes to URL's scheme, host,
+    port and path with the client's own query and current ``resume``/``last_seq`` (the
+    query in URL is ignored, so a stale token there cannot override a newer one). URL
+    must be ``ws://`` or ``wss://`` with a host, else the client gives up (``GaveUp``,
+    reason ``bad redirect: …``, code 1002); a message after the redirect also gives up.
+    More than ``MAX_REDIRECTS`` (5) redirects without a welcome: the next one counts as
+    a failed attempt (backoff and ``max_retries`` apply; reason ``redirect loop: …``).
+    Any attempt that is not redirected (a welcome, a failure, a cut loop) makes the
+    next one go to ``url`` again and restarts the count, so after a redirect target
+    fails (its node may have died) the client backs off and asks ``url`` again.
 
     ``backoff`` (default ``Backoff()``: 1 s base, 30 s cap, 10 retries, full jitter):
     delays between reconnect attempts; the retry count restarts after every welcome.

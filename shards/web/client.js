@@ -10,6 +10,16 @@
 //    of silence;
 //  * reconnects with full-jitter exponential backoff, at the time a server_shutdown
 //    asks for, at least `base` later after 1013, never after a terminal close;
+//  * follows a cluster redirect (first message {type:"redirect", url}, then close
+//    4002, or the link just ends) at once: no backoff, no retry counted. The next
+//    attempt goes to the redirect URL's scheme, host, port and path with this client's
+//    own query and current resume/last_seq (the redirect's query is ignored, so a stale
+//    token in it cannot win). A URL that is not ws:// or wss:// with a host, or a
+//    message after the redirect, is terminal (gave_up "bad redirect: …", code 1002).
+//    More than MAX_REDIRECTS (5) redirects without a welcome: the next one is a failed
+//    attempt (backoff and maxRetries apply, reason "redirect loop: …"). Any attempt
+//    that is not redirected (a welcome, a failure, a cut loop) sends the next one to
+//    the original URL again (the owner may have died) and restarts the count;
 //  * session, token, last_seq and the outbox live in sessionStorage, so a page reload
 //    resumes the same session.
 //
@@ -22,7 +32,9 @@
 //
 // Events (CustomEvent, data in `detail`): connected {welcome}, resumed {welcome,
 // replayedCount}, session_lost {oldSession, resumeError, unacked}, message {message},
-// away {reason, code, delayMs}, gave_up {reason, code}.
+// away {reason, code, delayMs}, gave_up {reason, code}. `away` follows every attempt
+// that ends without giving up; a followed redirect is one with code 4002, delayMs 0
+// and reason "redirected to <url without its query>" (a redirect is never a message).
 
 export const DEFAULTS = Object.freeze({
   connectTimeoutMs: 10000, // TCP + handshake + welcome
@@ -36,7 +48,10 @@ export const DEFAULTS = Object.freeze({
   random: Math.random,
 });
 
-const CONTROL_TYPES = new Set(["welcome", "heartbeat_ack", "server_shutdown"]);
+const CONTROL_TYPES = new Set(["welcome", "heartbeat_ack", "server_shutdown", "redirect"]);
+// Redirects followed at once, in a row, without a welcome; the next one is a failed attempt.
+export const MAX_REDIRECTS = 5;
+export const REDIRECT_CODE = 4002;
 // Closes after which the client gives up (PROTOCOL.md, "Close codes").
 const TERMINAL = new Set([1000, 1002, 1003, 1007, 1008, 1009, 4000]);
 // A client close in 4001-4499 is an application close after which the session goes
@@ -55,6 +70,40 @@ export function isTerminal(code) {
 export function backoffDelay(attempt, baseMs, capMs, random = Math.random) {
   const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 62));
   return random() * ceiling;
+}
+
+/** The redirect message's url if it is ws:// or wss:// with a host, else throws. */
+export function redirectTarget(message) {
+  const url = message.url;
+  if (typeof url !== "string") throw new Error(`url is ${JSON.stringify(url) ?? "undefined"}, not a string`);
+  let parsed = null;
+  try {
+    // The authority must follow "//" at once: the URL parser would read "ws:///a/b"
+    // as host "a".
+    if (/^wss?:\/\/[^/?#\\\s]/i.test(url)) parsed = new URL(url);
+  } catch (_) {
+    /* not a URL (a bad port, say) */
+  }
+  if (!parsed || (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") || !parsed.hostname) {
+    throw new Error(`url ${JSON.stringify(url.slice(0, 200))} is not ws:// or wss:// with a host`);
+  }
+  return url;
+}
+
+// A page may only close with 1000 or 3000-4999 (close() throws on 1002 or 1007): the
+// client gives up after these anyway, so it leaves (1000) and names the code in the reason.
+function closeForError(ws, code, reason) {
+  try {
+    ws.close(1000, `${code} ${reason}`.slice(0, 120));
+  } catch (_) {
+    /* already closing */
+  }
+}
+
+// A URL without its query (which may hold a resume token), for reasons and logs.
+function where(url) {
+  const parsed = new URL(url);
+  return `${parsed.protocol}//${parsed.host}${parsed.pathname}`;
 }
 
 function retryAfterHint(reason) {
@@ -83,8 +132,11 @@ export class ReconnectingClient extends EventTarget {
     this._closing = false;
     this._timers = new Set();
     this._attempt = 0;
+    this._redirect = null; // where the next attempt goes, if redirected
+    this._redirects = 0; // redirects followed in a row (no welcome, no wait between)
     this.duplicatesDropped = 0;
     this.gaps = 0;
+    this.redirectsFollowed = 0;
     this._restore();
     this._onPageHide = () => this._unload();
   }
@@ -198,6 +250,17 @@ export class ReconnectingClient extends EventTarget {
 
   _resumeUrl() {
     const url = new URL(this.url);
+    if (this._redirect) {
+      // The redirect's scheme, host, port and path; this client's own query.
+      const target = new URL(this._redirect);
+      target.search = url.search;
+      target.hash = url.hash;
+      return this._withResume(target);
+    }
+    return this._withResume(url);
+  }
+
+  _withResume(url) {
     url.searchParams.delete("resume");
     url.searchParams.delete("last_seq");
     if (this.token) {
@@ -220,6 +283,7 @@ export class ReconnectingClient extends EventTarget {
     const link = {
       ws,
       welcomed: false,
+      redirect: null, // the first message was a redirect to this URL
       shutdown: null, // {reason, delayMs}
       lastInbound: 0,
       silentLimitMs: Infinity,
@@ -245,8 +309,9 @@ export class ReconnectingClient extends EventTarget {
           try {
             ws.close();
           } catch (_) {}
+          const redirected = link.redirect ? `redirected to ${where(link.redirect)} but not closed; ` : "";
           finish({
-            reason: `no welcome within ${this.options.connectTimeoutMs} ms (connect timeout)`,
+            reason: `${redirected}no welcome within ${this.options.connectTimeoutMs} ms (connect timeout)`,
             code: null,
             welcomed: false,
           });
@@ -260,12 +325,25 @@ export class ReconnectingClient extends EventTarget {
       try {
         message = JSON.parse(event.data);
       } catch (_) {
-        ws.close(1007, "undecodable frame");
+        closeForError(ws, 1007, "undecodable frame");
         return finish({ reason: "undecodable frame", code: 1007, welcomed: link.welcomed, terminal: true });
+      }
+      if (link.redirect) {
+        closeForError(ws, 1002, "message after redirect");
+        return finish({ reason: "bad redirect: a message followed it", code: 1002, welcomed: false, terminal: true });
+      }
+      if (!link.welcomed && message && message.type === "redirect") {
+        try {
+          link.redirect = redirectTarget(message);
+        } catch (err) {
+          closeForError(ws, 1002, "bad redirect");
+          return finish({ reason: "bad redirect: " + err.message, code: 1002, welcomed: false, terminal: true });
+        }
+        return; // the close (4002) follows
       }
       if (!link.welcomed) {
         if (!message || message.type !== "welcome") {
-          ws.close(1002, "first message is not a welcome");
+          closeForError(ws, 1002, "first message is not a welcome");
           return finish({ reason: "bad welcome", code: 1002, welcomed: false, terminal: true });
         }
         link.welcomed = true;
@@ -280,6 +358,11 @@ export class ReconnectingClient extends EventTarget {
 
   _closed(code, reason, link) {
     const welcomed = link.welcomed;
+    if (link.redirect && (code === REDIRECT_CODE || code === 1005 || code === 1006 || code == null)) {
+      // Any other close after a redirect is the server's last word: classified below.
+      const redirect = link.redirect;
+      return { reason: "redirected to " + where(redirect), code: REDIRECT_CODE, welcomed, redirect };
+    }
     if (code === 4000) {
       return { reason: `session replaced by a newer connection (${code})`, code, welcomed, terminal: true };
     }
@@ -305,6 +388,28 @@ export class ReconnectingClient extends EventTarget {
 
   _ended(ended) {
     if (this._closing) return;
+    if (ended.redirect) {
+      this._redirects += 1;
+      if (this._redirects <= MAX_REDIRECTS) {
+        // Not a failure: the room lives on another node. Go there now, without a
+        // backoff and without counting a retry.
+        this._redirect = ended.redirect;
+        this.redirectsFollowed += 1;
+        this._emit("away", { reason: ended.reason, code: REDIRECT_CODE, delayMs: 0 });
+        this._later(() => this._connect(), 0);
+        return;
+      }
+      const last = where(ended.redirect);
+      ended = {
+        reason: `redirect loop: more than ${MAX_REDIRECTS} redirects without a welcome (the last to ${last})`,
+        code: ended.code,
+        welcomed: false,
+      };
+    }
+    // Anything but a redirect: the next attempt goes to the original URL (the owner may
+    // have died; the load balancer knows the new one).
+    this._redirect = null;
+    this._redirects = 0;
     if (ended.welcomed) this._attempt = 0;
     if (ended.terminal) return this._giveUp(ended.reason, ended.code);
     const o = this.options;
