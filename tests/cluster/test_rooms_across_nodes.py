@@ -84,8 +84,8 @@ async def test_a_room_connection_on_another_node_is_redirected_to_its_owner() ->
             client, w = await follow(url)
             assert w is not None and w["shard"] == welcome["shard"] and not w.get("resume_error")
             joined.append(client)
-        event = await first.receive_until("joined", timeout=10)
-        assert event["type"] == "joined"
+            # ...the room the first player is in: it hears them join.
+            await first.receive_until("joined", session=w["session"], timeout=10)
         # A room first asked for on b belongs to b; a is redirected there.
         _, on_b = await RawClient.open(b.port, "/rooms/r2")
         assert on_b is not None
@@ -248,3 +248,25 @@ async def upgrade_status(port: int, path: str) -> bytes:
                     break
                 head += chunk
     return head.split(b"\r\n")[0]
+
+
+async def test_the_reconnecting_client_follows_a_redirect_to_the_rooms_owner_at_once() -> None:
+    """The user's path: ``client`` pointed at the wrong node of a room plays in that room on
+    its owner, with no backoff wait (its base is 5 s) and no retry spent."""
+    from client import Backoff, Connected, open_reconnecting_client
+
+    async with open_redis() as redis, open_nodes(redis, "a", "b") as nodes:
+        a, b = nodes["a"], nodes["b"]
+        first, welcome = await RawClient.open(a.port, "/rooms/r1")
+        assert welcome is not None
+        backoff = Backoff(base=5.0, cap=5.0, max_retries=0)
+        with trio.fail_after(3):
+            async with open_reconnecting_client(b.url("/rooms/r1"), backoff=backoff) as client:
+                event = await client.events().__anext__()
+                assert isinstance(event, Connected), event
+                assert event.welcome["shard"] == welcome["shard"]
+                # The first player hears the newcomer join its room.
+                session = event.welcome["session"]
+                await first.receive_until("joined", session=session, timeout=10)
+                assert client.redirects_followed == 1
+        assert b.log.events("redirect") and not a.log.events("redirect")
