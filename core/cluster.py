@@ -39,6 +39,13 @@ NODES_KEY = PREFIX + "nodes"
 LEASE_PREFIX = PREFIX + "node:"
 ROOM_PREFIX = PREFIX + "room:"
 ROOMS_OF_PREFIX = PREFIX + "rooms:"
+SAYS_KEY = PREFIX + "says"  # the broadcast stream: one entry per say, in one total order
+SAYS_COUNT_KEY = PREFIX + "says:n"  # entries ever added: numbers them without holes
+
+# Broadcast entries kept (approximately: Redis trims in whole nodes). A node cut off for
+# longer than this many says catches up with a gap. Memory: up to this many says' bodies
+# (each at most --max-say-bytes, 4 KiB) in Redis.
+SAYS_KEPT = 10_000
 
 # Lease: renewed every second, lost after five without a renewal. A node cut off from Redis
 # stops serving its rooms within LEASE_TTL_S; a dead node's rooms can be claimed after it.
@@ -112,6 +119,15 @@ if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
   return 1
 end
 return 0
+"""
+
+
+# KEYS[1] the stream, KEYS[2] its counter; ARGV: the entry (a Broadcast as JSON), maxlen.
+# Every entry carries its number ``n`` (1, 2, ...): a reader that sees n jump by more than
+# one knows how many entries were trimmed before it read them.
+PUBLISH = """
+local n = redis.call('INCR', KEYS[2])
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', n, 'b', ARGV[1])
 """
 
 

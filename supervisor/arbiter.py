@@ -70,6 +70,7 @@ from supervisor.session_park import SessionPark
 
 if TYPE_CHECKING:
     from supervisor.cluster import ClusterNode
+    from supervisor.cluster_bus import BroadcastBus
 
 STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
 HEALTHY_AFTER = 10.0  # a shard that lived this long restarts without backoff
@@ -160,6 +161,7 @@ class Supervisor:
         self._park_changed = trio.Event()
         self.secret_fd = -1  # sealed memfd with the token key, inherited by every shard
         self.cluster: ClusterNode | None = None  # cluster mode: this node's membership
+        self.bus: BroadcastBus | None = None  # cluster mode: says of every node, in order
 
     # ================================================================== main loop
     async def run(self) -> int:
@@ -226,6 +228,7 @@ class Supervisor:
         """Cluster mode: join before any shard starts (claims need the lease). False, said
         on stderr and in the log, when this node must not or cannot join."""
         from supervisor.cluster import ClusterNode  # coredis: only in cluster mode
+        from supervisor.cluster_bus import BroadcastBus
 
         config = self.config
         assert config.cluster is not None
@@ -239,6 +242,8 @@ class Supervisor:
             print(f"python -m supervisor: not joining the cluster: {exc}", file=sys.stderr)
             nursery.cancel_scope.cancel()
             return False
+        self.bus = BroadcastBus(self.cluster, self._deliver_broadcast, self.metrics.count)
+        await nursery.start(self.bus.run)
         log(
             "cluster_joined",
             node=config.node,
@@ -362,8 +367,15 @@ class Supervisor:
                 "bytes": self.broadcast_log.bytes,
             },
             "shards": shards,
-            **({"cluster": self.cluster.status()} if self.cluster is not None else {}),
+            **({"cluster": self._cluster_status()} if self.cluster is not None else {}),
         }
+
+    def _cluster_status(self) -> dict[str, object]:
+        assert self.cluster is not None
+        status = self.cluster.status()
+        if self.bus is not None:
+            status["broadcast_bus"] = self.bus.status()
+        return status
 
     def request_reload(self) -> dict[str, object]:
         """``python -m supervisor reload``: the same as SIGHUP."""
@@ -895,19 +907,28 @@ class Supervisor:
             return refused
         return reply.value
 
+    def _deliver_broadcast(self, message: Broadcast, origin: int | None) -> None:
+        """Number ``message`` in this node's total order and relay it to every shard (and
+        parked session). ``origin``: the shard process that sent it, when it is this
+        node's (its sender's ``cseq`` is processed now)."""
+        self.bseq += 1
+        frame = encode_frame(msgspec.structs.replace(message, bseq=self.bseq))
+        self.broadcast_log.append(self.bseq, frame)
+        self.park.on_broadcast(self.bseq, message.body)
+        if origin is not None and message.sender is not None and message.cseq is not None:
+            self.park.processed(origin, message.sender, message.cseq)
+        for other in self.processes.values():
+            if other.ready.is_set() and not other.exited.is_set():
+                other.relay.broadcast(self.bseq, frame)
+
     def _on_control(self, handle: ShardHandle, message: ControlMessage) -> None:
         if isinstance(message, Ready):
             handle.ready.set()
         elif isinstance(message, Broadcast):
-            self.bseq += 1
-            frame = encode_frame(msgspec.structs.replace(message, bseq=self.bseq))
-            self.broadcast_log.append(self.bseq, frame)
-            self.park.on_broadcast(self.bseq, message.body)
-            if message.sender is not None and message.cseq is not None:
-                self.park.processed(handle.generation, message.sender, message.cseq)
-            for other in self.processes.values():
-                if other.ready.is_set() and not other.exited.is_set():
-                    other.relay.broadcast(self.bseq, frame)
+            if self.bus is not None:
+                self.bus.publish(message, handle.generation)  # delivered in the stream's order
+            else:
+                self._deliver_broadcast(message, handle.generation)
         elif isinstance(message, Claim):
             self.directory.claim(message.session, handle.generation)
         elif isinstance(message, Release):

@@ -76,6 +76,7 @@ class ClusterNode:
         self._renew: Any = None
         self._claim: Any = None
         self._release: Any = None
+        self._publish: Any = None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, ``join``, report started, then keep the lease until cancelled."""
@@ -91,6 +92,7 @@ class ClusterNode:
                 self._renew = redis.register_script(cluster.RENEW_LEASE)
                 self._claim = redis.register_script(cluster.CLAIM_ROOM)
                 self._release = redis.register_script(cluster.RELEASE_ROOM)
+                self._publish = redis.register_script(cluster.PUBLISH)
                 try:
                     await self.join()
                 except (ClusterRefused, ClusterUnavailable) as exc:
@@ -105,42 +107,54 @@ class ClusterNode:
         if refused is not None:
             raise refused
 
-    async def _call(self, what: str, coro_fn: Callable[[], Any]) -> Any:
+    async def call(
+        self, what: str, command: Callable[[Any], Any], timeout: float = REDIS_TIMEOUT_S
+    ) -> Any:
+        """``await command(redis)`` within ``timeout``; ``ClusterUnavailable`` on a timeout
+        or any Redis or socket error (``what`` names the operation in its text)."""
         try:
-            with trio.fail_after(REDIS_TIMEOUT_S):
-                return await coro_fn()
+            with trio.fail_after(timeout):
+                return await command(self._redis)
         except (trio.TooSlowError, OSError, coredis.exceptions.RedisError) as exc:
             self.reachable = False
             raise ClusterUnavailable(f"{what}: {type(exc).__name__}: {exc}") from None
 
+    async def publish(self, entry: bytes) -> str:
+        """Append one broadcast entry to the cluster's stream; its id."""
+        return await self.call(
+            "publish",
+            lambda r: self._publish(
+                keys=[cluster.SAYS_KEY, cluster.SAYS_COUNT_KEY], args=[entry, cluster.SAYS_KEPT]
+            ),
+        )
+
     async def join(self) -> None:
-        redis = self._redis
-        await self._call(
+        await self.call(
             "secret",
-            lambda: redis.set(
+            lambda r: r.set(
                 cluster.SECRET_KEY, self._fingerprint, condition=coredis.PureToken.NX
             ),
         )
-        held = await self._call("secret", lambda: redis.get(cluster.SECRET_KEY))
+        held = await self.call("secret", lambda r: r.get(cluster.SECRET_KEY))
         if held != self._fingerprint:
             raise ClusterRefused(
                 "this node's token key (--secret-file) differs from the cluster's: every"
                 " node must use the same key file content"
             )
         now = f"{time.time():.3f}"
-        await self._call(
-            "epoch", lambda: redis.set(cluster.EPOCH_KEY, now, condition=coredis.PureToken.NX)
+        await self.call(
+            "epoch", lambda r: r.set(cluster.EPOCH_KEY, now, condition=coredis.PureToken.NX)
         )
-        self.epoch = float(await self._call("epoch", lambda: redis.get(cluster.EPOCH_KEY)))
+        self.epoch = float(await self.call("epoch", lambda r: r.get(cluster.EPOCH_KEY)))
         if not await self.renew():
             raise ClusterRefused(f"node name {self.node!r} is held by a live node")
 
     async def renew(self) -> bool:
         """One renewal; False when another live process holds this node name."""
         sent = trio.current_time()
-        status, _ = await self._call(
+        status, _ = await self.call(
             "lease",
-            lambda: self._renew(
+            lambda r: self._renew(
                 keys=[cluster.lease_key(self.node), cluster.NODES_KEY],
                 args=[
                     self.node,
@@ -195,9 +209,9 @@ class ClusterNode:
         ``ClusterUnavailable`` when Redis does not answer or this node is fenced."""
         if self.lease.fenced(trio.current_time()):
             raise ClusterUnavailable("this node's lease is lost")
-        owner, fence, url = await self._call(
+        owner, fence, url = await self.call(
             "claim",
-            lambda: self._claim(
+            lambda r: self._claim(
                 keys=[cluster.room_key(room)],
                 args=[
                     self.node,
@@ -221,9 +235,9 @@ class ClusterNode:
         fence = self.fences.pop(room, None)
         if fence is None:
             return
-        await self._call(
+        await self.call(
             "release",
-            lambda: self._release(
+            lambda r: self._release(
                 keys=[cluster.room_key(room), cluster.rooms_of_key(self.node)],
                 args=[self.node, fence],
             ),
@@ -231,13 +245,12 @@ class ClusterNode:
 
     async def nodes(self) -> list[dict[str, object]]:
         """Every node seen: name, public URL, lease time left (0: dead), rooms owned."""
-        redis = self._redis
-        names = sorted(await self._call("status", lambda: redis.smembers(cluster.NODES_KEY)))
+        names = sorted(await self.call("status", lambda r: r.smembers(cluster.NODES_KEY)))
         out: list[dict[str, object]] = []
         for name in names:
-            url = await self._call("status", lambda n=name: redis.hget(cluster.lease_key(n), "url"))
-            ttl = await self._call("status", lambda n=name: redis.pttl(cluster.lease_key(n)))
-            rooms = await self._call("status", lambda n=name: redis.scard(cluster.rooms_of_key(n)))
+            url = await self.call("status", lambda r, n=name: r.hget(cluster.lease_key(n), "url"))
+            ttl = await self.call("status", lambda r, n=name: r.pttl(cluster.lease_key(n)))
+            rooms = await self.call("status", lambda r, n=name: r.scard(cluster.rooms_of_key(n)))
             out.append(
                 {
                     "node": name,

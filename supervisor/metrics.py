@@ -147,7 +147,8 @@ SUPERVISOR_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "ws_room_refusals",
         "New rooms refused with HTTP 503 + Retry-After: 1, by reason: pending_cap (the "
         "address has --max-pending-rooms-per-address rooms placed and not yet hosted), "
-        "rate (over --room-placement-rate / --room-placement-burst).",
+        "rate (over --room-placement-rate / --room-placement-burst), cluster_unavailable "
+        "(cluster mode: Redis did not answer the claim, or this node's lease is lost).",
         ("reason",),
     ),
     "room_placement_expired": (
@@ -166,6 +167,18 @@ SUPERVISOR_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "ws_broadcasts_lost",
         "Broadcasts a shard never got because the broadcast log no longer held them.",
         ("shard",),
+    ),
+    "broadcast_dropped": (
+        "ws_broadcasts_dropped",
+        "Cluster mode: broadcasts dropped before reaching Redis (the publish queue was over "
+        "its budget while Redis did not answer), by reason.",
+        ("reason",),
+    ),
+    "cluster_broadcast_gap": (
+        "ws_cluster_broadcasts_missed",
+        "Cluster mode: says this node never read because the Redis stream had trimmed "
+        "them (it was cut off longer than the stream keeps).",
+        (),
     ),
 }
 
