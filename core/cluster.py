@@ -39,6 +39,9 @@ NODES_KEY = PREFIX + "nodes"
 LEASE_PREFIX = PREFIX + "node:"
 ROOM_PREFIX = PREFIX + "room:"
 ROOMS_OF_PREFIX = PREFIX + "rooms:"
+SESSION_PREFIX = PREFIX + "session:"  # session id -> the node holding it
+INBOX_PREFIX = PREFIX + "inbox:"  # node name -> its requests and replies (a stream)
+INBOX_KEPT = 1_000  # entries an inbox keeps (requests are answered within seconds)
 SAYS_KEY = PREFIX + "says"  # the broadcast stream: one entry per say, in one total order
 SAYS_COUNT_KEY = PREFIX + "says:n"  # entries ever added: numbers them without holes
 
@@ -59,6 +62,14 @@ class ClusterRefused(Exception):
 
 class ClusterUnavailable(Exception):
     """Redis did not answer in time, or this node's lease is lost: retry later."""
+
+
+def session_key(session: str) -> str:
+    return SESSION_PREFIX + session
+
+
+def inbox_key(node: str) -> str:
+    return INBOX_PREFIX + node
 
 
 def lease_key(node: str) -> str:
@@ -128,6 +139,33 @@ return 0
 PUBLISH = """
 local n = redis.call('INCR', KEYS[2])
 return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', n, 'b', ARGV[1])
+"""
+
+
+# ARGV: node, then pairs (op, session id): op "+" = this node holds it now, "-" = it ended
+# here (deleted only if this node is still the holder: it may have moved on). One call per
+# batch of session starts and ends.
+SYNC_SESSIONS = """
+local node, prefix = ARGV[1], ARGV[2]
+for i = 3, #ARGV, 2 do
+  local key = prefix .. ARGV[i + 1]
+  if ARGV[i] == '+' then
+    redis.call('SET', key, node)
+  elseif redis.call('GET', key) == node then
+    redis.call('DEL', key)
+  end
+end
+return (#ARGV - 2) / 2
+"""
+
+# KEYS[1] the session's key; ARGV: lease prefix. The holding node while its lease lives,
+# else false (the holder died: its sessions are gone with it).
+FIND_SESSION = """
+local node = redis.call('GET', KEYS[1])
+if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then
+  return node
+end
+return false
 """
 
 

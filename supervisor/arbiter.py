@@ -71,6 +71,7 @@ from supervisor.session_park import SessionPark
 if TYPE_CHECKING:
     from supervisor.cluster import ClusterNode
     from supervisor.cluster_bus import BroadcastBus
+    from supervisor.cluster_sessions import ClusterSessions
 
 STARTUP_TIMEOUT = 30.0  # seconds for a new shard to report ready
 HEALTHY_AFTER = 10.0  # a shard that lived this long restarts without backoff
@@ -162,6 +163,7 @@ class Supervisor:
         self.secret_fd = -1  # sealed memfd with the token key, inherited by every shard
         self.cluster: ClusterNode | None = None  # cluster mode: this node's membership
         self.bus: BroadcastBus | None = None  # cluster mode: says of every node, in order
+        self.remote: ClusterSessions | None = None  # cluster mode: sessions on other nodes
 
     # ================================================================== main loop
     async def run(self) -> int:
@@ -229,6 +231,7 @@ class Supervisor:
         on stderr and in the log, when this node must not or cannot join."""
         from supervisor.cluster import ClusterNode  # coredis: only in cluster mode
         from supervisor.cluster_bus import BroadcastBus
+        from supervisor.cluster_sessions import ClusterSessions
 
         config = self.config
         assert config.cluster is not None
@@ -244,6 +247,13 @@ class Supervisor:
             return False
         self.bus = BroadcastBus(self.cluster, self._deliver_broadcast, self.metrics.count)
         await nursery.start(self.bus.run)
+        self.remote = ClusterSessions(
+            self.cluster, self.bus, self._surrender_for_node, config.fetch_timeout
+        )
+        await nursery.start(self.remote.run)
+        # Tokens issued before the cluster started name sessions of an earlier cluster;
+        # later ones may name a session another node holds (fetched from it).
+        self.booted_at = self.cluster.epoch
         log(
             "cluster_joined",
             node=config.node,
@@ -375,6 +385,8 @@ class Supervisor:
         status = self.cluster.status()
         if self.bus is not None:
             status["broadcast_bus"] = self.bus.status()
+        if self.remote is not None:
+            status["sessions"] = self.remote.status()
         return status
 
     def request_reload(self) -> dict[str, object]:
@@ -840,6 +852,8 @@ class Supervisor:
                 if answer.batch is not None:
                     self.directory.move(fetch.session, requester.generation)
                     self.park.expect_arrival(requester.generation, answer.batch)
+                    if self.remote is not None:
+                        self.remote.held(fetch.session)  # it may come from another node
                 requester.send_frame(
                     encode_frame(msgspec.structs.replace(answer, request=fetch.request))
                 )
@@ -863,6 +877,8 @@ class Supervisor:
             self._park_changed = trio.Event()
             for sid in self.park.expire(trio.current_time()):
                 log("parked_session_expired", session=sid)
+                if self.remote is not None:
+                    self.remote.ended(sid)
 
     def _from_checkpoint(self, fetch: Fetch) -> Handoff | None:
         """A session whose shard died: parked since (with every broadcast numbered since
@@ -883,12 +899,38 @@ class Supervisor:
             exact=exact,
         )
 
-    async def _surrender_from_holder(self, requester: ShardHandle, fetch: Fetch) -> Handoff:
+    async def _surrender_for_node(self, session: str, epoch: int) -> Handoff:
+        """Cluster mode: another node's player resumes ``session``, held here: the holding
+        shard surrenders it (if ``epoch`` is the token's current one) and it leaves this
+        node's directory and checkpoints."""
+        fetch = Fetch(request=0, shard=-1, session=session, epoch=epoch)
+        lock = self._session_locks.setdefault(session, trio.Lock())
+        try:
+            async with lock:
+                owner = self.directory.owner_of(session)
+                answer = await self._surrender_from_holder(None, fetch, remote=False)
+                if answer.batch is not None:
+                    if owner is not None:
+                        self.directory.release(session, owner)
+                    self.park.forget(session)
+                return answer
+        finally:
+            if not lock.statistics().tasks_waiting and not lock.locked():
+                self._session_locks.pop(session, None)
+
+    async def _surrender_from_holder(
+        self, requester: ShardHandle | None, fetch: Fetch, remote: bool = True
+    ) -> Handoff:
+        """The session from the shard holding it, from a dead shard's checkpoint, or (in
+        cluster mode, with ``remote``) from the node holding it; else refused."""
         refused = Handoff(request=fetch.request, session=fetch.session, batch=None, error="expired")
         owner = self.directory.owner_of(fetch.session)
         holder = self.processes.get(owner) if owner is not None else None
         if holder is None or holder.exited.is_set():
-            return self._from_checkpoint(fetch) or refused
+            local = self._from_checkpoint(fetch)
+            if local is None and remote and self.remote is not None:
+                local = await self.remote.fetch(fetch)
+            return local or refused
         if holder is requester:
             return refused
         self._next_request += 1
@@ -931,9 +973,13 @@ class Supervisor:
                 self._deliver_broadcast(message, handle.generation)
         elif isinstance(message, Claim):
             self.directory.claim(message.session, handle.generation)
+            if self.remote is not None:
+                self.remote.held(message.session)
         elif isinstance(message, Release):
             if self.directory.release(message.session, handle.generation):
                 self.park.forget(message.session)
+                if self.remote is not None:
+                    self.remote.ended(message.session)
         elif isinstance(message, Checkpoint):
             generation = handle.generation
             self.park.checkpoint(

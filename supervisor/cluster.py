@@ -77,6 +77,8 @@ class ClusterNode:
         self._claim: Any = None
         self._release: Any = None
         self._publish: Any = None
+        self._sync: Any = None
+        self._find: Any = None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, ``join``, report started, then keep the lease until cancelled."""
@@ -93,6 +95,8 @@ class ClusterNode:
                 self._claim = redis.register_script(cluster.CLAIM_ROOM)
                 self._release = redis.register_script(cluster.RELEASE_ROOM)
                 self._publish = redis.register_script(cluster.PUBLISH)
+                self._sync = redis.register_script(cluster.SYNC_SESSIONS)
+                self._find = redis.register_script(cluster.FIND_SESSION)
                 try:
                     await self.join()
                 except (ClusterRefused, ClusterUnavailable) as exc:
@@ -128,12 +132,46 @@ class ClusterNode:
             ),
         )
 
+    async def sync_sessions(self, args: list[str]) -> None:
+        """Record a batch of session starts and ends (``SYNC_SESSIONS``' ARGV)."""
+        await self.call("sessions", lambda r: self._sync(keys=[], args=args))
+
+    async def find_session(self, session: str) -> str | None:
+        """The node holding ``session`` while its lease lives, else None."""
+        node = await self.call(
+            "find",
+            lambda r: self._find(keys=[cluster.session_key(session)], args=[cluster.LEASE_PREFIX]),
+        )
+        return node or None
+
+    async def post(self, node: str, message: bytes) -> None:
+        """Append ``message`` to ``node``'s inbox (trimmed to about ``INBOX_KEPT``)."""
+        await self.call(
+            "post",
+            lambda r: r.xadd(
+                cluster.inbox_key(node),
+                {"m": message},
+                trim_strategy=coredis.PureToken.MAXLEN,
+                threshold=cluster.INBOX_KEPT,
+                trim_operator=coredis.PureToken.APPROXIMATELY,
+            ),
+        )
+
+    async def end_of(self, stream: str) -> str:
+        """The id of ``stream``'s newest entry ("0-0" when empty): read from there on."""
+        delay = 0.05
+        while True:
+            try:
+                newest = await self.call("stream", lambda r: r.xrevrange(stream, "+", "-", count=1))
+                return _text(newest[0].identifier) if newest else "0-0"
+            except ClusterUnavailable:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     async def join(self) -> None:
         await self.call(
             "secret",
-            lambda r: r.set(
-                cluster.SECRET_KEY, self._fingerprint, condition=coredis.PureToken.NX
-            ),
+            lambda r: r.set(cluster.SECRET_KEY, self._fingerprint, condition=coredis.PureToken.NX),
         )
         held = await self.call("secret", lambda r: r.get(cluster.SECRET_KEY))
         if held != self._fingerprint:
@@ -279,3 +317,7 @@ class ClusterNode:
             "redirects": self.redirects,
             "members": self.members,
         }
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

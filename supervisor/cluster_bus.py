@@ -74,6 +74,10 @@ class BroadcastBus:
         self.queued_bytes = 0
         self.last_id = ""  # the last entry delivered ("" until the reader starts)
         self.last_n = 0
+        # The stream's entry number n of this node's bseq b is b + offset (the entries before
+        # the node started, plus any it missed): how sessions moving between nodes carry
+        # their broadcast position.
+        self.offset = 0
         self.published = 0
         self.delivered = 0
         self._queue: collections.deque[bytes] = collections.deque()
@@ -101,6 +105,7 @@ class BroadcastBus:
         """The reader starts at the stream's current end; then publisher and reader run
         until cancelled."""
         self.last_id, self.last_n = await self._end_of_stream()
+        self.offset = self.last_n
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publisher)
             nursery.start_soon(self._reader)
@@ -183,6 +188,7 @@ class BroadcastBus:
         n = int(_text(entry.field_values["n"]))
         if n > self.last_n + 1 and self.last_n:
             missed = n - self.last_n - 1
+            self.offset += missed
             self.count("cluster_broadcast_gap", missed)
             log("cluster_broadcast_gap", node=self.node.node, missed=missed, first_n=n)
         self.last_id = _text(entry.identifier)

@@ -1,0 +1,254 @@
+"""Cluster mode: which node holds each session, and moving a session to the node its player
+came back to.
+
+* ``held`` / ``ended``: this node's shards started holding a session or ended it. Both are
+  queued and written to Redis in batches (one ``SYNC_SESSIONS`` call per batch of up to
+  ``SYNC_BATCH``, as soon as the previous one returned), so a connection storm costs a
+  few Redis calls, not one per player. A resume that lands on another node within that
+  moment (a few ms) finds no holder and gets a new session (``resume_error``).
+* ``fetch``: a player resumes here a session another node holds. The holder is looked up
+  (a holder whose lease is gone has lost its sessions: nothing to fetch), asked through
+  its inbox stream (``{ws}:inbox:NODE``) to surrender the session if the token's epoch is
+  still the current one (so a token works once, across all nodes), and its ``Handoff``
+  comes back through this node's inbox. Broadcast positions travel as the stream's
+  global entry number and are translated to each node's own ``bseq``
+  (``BroadcastBus.offset``), so the session is caught up with every say, once.
+* Each node reads its own inbox (``XREAD BLOCK``) and answers surrender requests by asking
+  its shard that holds the session, exactly as for a resume on a sibling shard.
+
+Cost: one Redis round trip per batch of session starts/ends, and for a cross-node resume
+four (lookup, request, reply read, plus the holder's read), each a few hundred µs on a LAN.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+import trio
+
+from core import cluster
+from core.cluster import ClusterUnavailable
+from core.control import Fetch, Handoff
+from shards.log import log
+
+if TYPE_CHECKING:
+    from supervisor.cluster import ClusterNode
+    from supervisor.cluster_bus import BroadcastBus
+
+SYNC_BATCH = 500  # session starts/ends per Redis call
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 2.0
+READ_BLOCK_MS = 1000
+
+
+class InboxMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A request to the node holding ``session`` ("surrender"), or its answer
+    ("handoff"). ``applied_n``: the stream entry the session had applied."""
+
+    kind: str
+    request: int
+    sender: str
+    session: str
+    epoch: int = 0
+    handoff: Handoff | None = None
+    applied_n: int = 0
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(InboxMessage).decode
+
+
+class _Reply:
+    __slots__ = ("done", "value")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: InboxMessage | None = None
+
+
+class ClusterSessions:
+    def __init__(
+        self,
+        node: ClusterNode,
+        bus: BroadcastBus,
+        surrender_local: Callable[[str, int], Awaitable[Handoff]],
+        fetch_timeout: float,
+    ) -> None:
+        """``surrender_local(session, epoch)``: this node's answer to another node's
+        request (the holding shard surrenders it, or refuses)."""
+        self.node = node
+        self.bus = bus
+        self.surrender_local = surrender_local
+        self.fetch_timeout = fetch_timeout
+        self.fetched = 0
+        self.surrendered = 0
+        self._ops: collections.deque[tuple[str, str]] = collections.deque()
+        self._wakeup = trio.Event()
+        self._replies: dict[int, _Reply] = {}
+        self._next_request = 0
+        self._inbox_id = "0-0"
+
+    # ------------------------------------------------------------------ the registry
+    def held(self, session: str) -> None:
+        self._queue("+", session)
+
+    def ended(self, session: str) -> None:
+        self._queue("-", session)
+
+    def _queue(self, op: str, session: str) -> None:
+        self._ops.append((op, session))
+        self._wakeup.set()
+
+    async def _sync(self) -> None:
+        failing = False
+        delay = RETRY_FIRST_S
+        while True:
+            if not self._ops:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                continue
+            batch = [self._ops[i] for i in range(min(SYNC_BATCH, len(self._ops)))]
+            args: list[str] = [self.node.node, cluster.SESSION_PREFIX]
+            for op, session in batch:
+                args += [op, session]
+            try:
+                await self.node.sync_sessions(args)
+            except ClusterUnavailable as exc:
+                if not failing:
+                    failing = True
+                    log("cluster_sync_failed", node=self.node.node, error=str(exc)[:200])
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            if failing:
+                failing = False
+                log("cluster_sync_recovered", node=self.node.node, queued=len(self._ops))
+            delay = RETRY_FIRST_S
+            for _ in batch:
+                self._ops.popleft()
+
+    # ------------------------------------------------------------------ moving one
+    async def fetch(self, fetch: Fetch) -> Handoff | None:
+        """The session from the node holding it, or None (nobody holds it, this node does,
+        or the holder did not answer within the fetch timeout; logged)."""
+        try:
+            holder = await self.node.find_session(fetch.session)
+        except ClusterUnavailable as exc:
+            log("cluster_fetch_failed", session=fetch.session, error=str(exc)[:200])
+            return None
+        if holder is None or holder == self.node.node:
+            return None
+        self._next_request += 1
+        request = self._next_request
+        reply = self._replies[request] = _Reply()
+        ask = InboxMessage(
+            kind="surrender",
+            request=request,
+            sender=self.node.node,
+            session=fetch.session,
+            epoch=fetch.epoch,
+        )
+        try:
+            await self.node.post(holder, _encode(ask))
+            # Leave the requesting shard time to hear the answer within its own timeout.
+            with trio.move_on_after(max(0.5, self.fetch_timeout - 0.5)):
+                await reply.done.wait()
+        except ClusterUnavailable as exc:
+            log("cluster_fetch_failed", session=fetch.session, holder=holder, error=str(exc))
+            return None
+        finally:
+            self._replies.pop(request, None)
+        answer = reply.value
+        if answer is None or answer.handoff is None:
+            log("cluster_fetch_timeout", session=fetch.session, holder=holder)
+            return None
+        handoff = answer.handoff
+        log(
+            "cluster_handoff_in",
+            session=fetch.session,
+            holder=holder,
+            ok=handoff.batch is not None,
+            error=handoff.error,
+        )
+        if handoff.batch is not None:
+            self.fetched += 1
+        applied = max(0, answer.applied_n - self.bus.offset)
+        return msgspec.structs.replace(handoff, request=fetch.request, applied_bseq=applied)
+
+    async def _answer(self, ask: InboxMessage) -> None:
+        handoff = await self.surrender_local(ask.session, ask.epoch)
+        if handoff.batch is not None:
+            self.surrendered += 1
+        reply = InboxMessage(
+            kind="handoff",
+            request=ask.request,
+            sender=self.node.node,
+            session=ask.session,
+            handoff=handoff,
+            applied_n=handoff.applied_bseq + self.bus.offset,
+        )
+        log(
+            "cluster_handoff_out",
+            session=ask.session,
+            to_node=ask.sender,
+            ok=handoff.batch is not None,
+            error=handoff.error,
+        )
+        try:
+            await self.node.post(ask.sender, _encode(reply))
+        except ClusterUnavailable as exc:
+            # The session left its shard: it is parked nowhere now. Said, not silent.
+            log("cluster_handoff_lost", session=ask.session, to_node=ask.sender, error=str(exc))
+
+    # ------------------------------------------------------------------ the inbox
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._inbox_id = await self.node.end_of(cluster.inbox_key(self.node.node))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sync)
+            nursery.start_soon(self._read_inbox, nursery)
+            task_status.started()
+
+    async def _read_inbox(self, nursery: trio.Nursery) -> None:
+        key = cluster.inbox_key(self.node.node)
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                found = await self.node.call(
+                    "inbox",
+                    lambda r: r.xread({key: self._inbox_id}, count=256, block=READ_BLOCK_MS),
+                    timeout=READ_BLOCK_MS / 1000 + 2.0,
+                )
+            except ClusterUnavailable:
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            delay = RETRY_FIRST_S
+            for entries in (found or {}).values():
+                for entry in entries:
+                    self._inbox_id = _text(entry.identifier)
+                    try:
+                        message = _decode(_text(entry.field_values["m"]))
+                    except msgspec.DecodeError as exc:
+                        log("cluster_inbox_unreadable", node=self.node.node, error=str(exc))
+                        continue
+                    if message.kind == "surrender":
+                        nursery.start_soon(self._answer, message)
+                    elif message.kind == "handoff":
+                        waiting = self._replies.get(message.request)
+                        if waiting is not None:
+                            waiting.value = message
+                            waiting.done.set()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "sessions_sync_queued": len(self._ops),
+            "fetched": self.fetched,
+            "surrendered": self.surrendered,
+        }
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,88 @@
+"""Cluster mode, lobby sessions: a player whose connection dropped resumes on another node
+with exactly-once replay both ways (the server's missed messages in seq order, its own
+unprocessed messages told by ``last_cseq``), and its token then works nowhere else."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.rawws import RawClient
+from lab.redis import open_redis, redis_available
+from tests.cluster.test_rooms_across_nodes import open_nodes
+from tests.support import resume_path
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(redis_available() is not None, reason=str(redis_available())),
+]
+
+
+async def test_a_lobby_session_resumes_on_another_node_with_nothing_lost_or_doubled() -> None:
+    async with open_redis() as redis, open_nodes(redis, "a", "b", "c") as nodes:
+        a, b, c = nodes["a"], nodes["b"], nodes["c"]
+        player, welcome = await RawClient.open(a.port, "/")
+        talker, _ = await RawClient.open(c.port, "/")
+        assert welcome is not None
+        # Messages the player sent and saw answered (cseq 1..3).
+        for n in range(1, 4):
+            await player.send({"type": "echo", "data": n, "cseq": n})
+            await player.receive_until("echo", data=n)
+        await talker.send({"type": "say", "text": "seen"})
+        seen = await player.receive_until("said", text="seen")
+        # A message the server processes (its heartbeat_ack says so) but whose answer the
+        # player does not count as read (last_seq stays at the say), then the link dies
+        # without a close frame.
+        await player.send({"type": "echo", "data": "unread", "cseq": 4})
+        await player.send({"type": "heartbeat", "ts": 1})
+        ack = await player.receive_until("heartbeat_ack")
+        assert ack["last_cseq"] == 4
+        player.vanish()
+        await a.log.wait_for("disconnect", session=welcome["session"])
+        # Said while the player is away, from a third node.
+        await talker.send({"type": "say", "text": "while away"})
+        await talker.receive_until("said", text="while away")
+
+        again, back = await RawClient.open(b.port, resume_path(welcome, seen["seq"]))
+        assert back is not None
+        assert back["session"] == welcome["session"] and back["resumed"] is True, back
+        assert not back.get("replay_gap") and not back.get("resume_error"), back
+        assert back["last_cseq"] == 4  # the unread echo was processed: not to be re-sent
+        # Replayed in order, once: the echo it never read, then the say while away.
+        first = await again.receive(timeout=10)
+        assert first["type"] == "echo" and first["data"] == "unread", first
+        assert first["seq"] == seen["seq"] + 1
+        second = await again.receive_until("said", timeout=10)
+        assert second["text"] == "while away" and second["seq"] == seen["seq"] + 2
+        # The session lives on b now: it echoes and hears says there.
+        assert (await again.echo("on b"))["seq"] == seen["seq"] + 3
+        await b.log.wait_for("cluster_handoff_in", session=welcome["session"], ok="true")
+        await a.log.wait_for("cluster_handoff_out", session=welcome["session"], to_node="b")
+
+        # The token was used: on any node it now yields a new session, never this one.
+        for node in (a, c, b):
+            _, stale = await RawClient.open(node.port, resume_path(welcome, 0))
+            assert stale is not None and stale["resumed"] is False, stale
+            assert stale["session"] != welcome["session"]
+            assert stale.get("resume_error") in ("invalid", "expired"), stale
+        # ...and the player on b was not disturbed by those attempts.
+        assert (await again.echo("still"))["data"] == "still"
+
+
+async def test_the_newest_token_resumes_from_a_third_node() -> None:
+    """A session that moved a→b moves again b→c with the token b issued."""
+    async with open_redis() as redis, open_nodes(redis, "a", "b", "c") as nodes:
+        a, b, c = nodes["a"], nodes["b"], nodes["c"]
+        player, welcome = await RawClient.open(a.port, "/")
+        assert welcome is not None
+        assert (await player.echo(1))["seq"] == 1
+        player.vanish()
+        await a.log.wait_for("disconnect", session=welcome["session"])
+        on_b, w_b = await RawClient.open(b.port, resume_path(welcome, 1))
+        assert w_b is not None and w_b["resumed"] is True
+        assert (await on_b.echo(2))["seq"] == 2
+        on_b.vanish()
+        await b.log.wait_for("disconnect", session=welcome["session"])
+        on_c, w_c = await RawClient.open(c.port, resume_path(w_b, 2))
+        assert w_c is not None and w_c["resumed"] is True and w_c["session"] == welcome["session"]
+        assert w_c["last_cseq"] == 0 and not w_c.get("replay_gap")
+        assert (await on_c.echo(3))["seq"] == 3
