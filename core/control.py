@@ -132,6 +132,11 @@ class Drain(_Control, tag="drain", kw_only=True):
     timeout: float
     evacuate: bool = False
     window_ms: int = 0
+    # Cluster mode, a node leaving: new connections get HTTP 503 (so a load balancer's
+    # health check takes the node out of rotation at once), room sessions end (other nodes
+    # seat their rooms), and once every connection is closed the shard keeps its away
+    # sessions up to this long so the nodes their players come back to can fetch them.
+    hold_s: float = 0.0
 
 
 class EvictRooms(_Control, tag="evict_rooms", kw_only=True):

@@ -158,6 +158,7 @@ class Connections:
         self.on_count: Callable[[], None] | None = None  # the load table's publisher
         self.all_closed = trio.Event()
         self.handshake_timeouts = 0
+        self.closing_reason: str | None = None  # set: every new connection gets HTTP 503
         self._lingering = 0
         self._codecs = {
             False: Codec(binary=False, messages=app_messages),
@@ -171,6 +172,8 @@ class Connections:
     # ------------------------------------------------------------------ admission
     def over_capacity(self) -> str | None:
         """Why a new connection must be refused now (HTTP 503), or None."""
+        if self.closing_reason is not None:
+            return self.closing_reason
         limit = self.config.max_connections
         if limit is not None and self.live >= limit:
             return f"over capacity ({limit} connections per shard)"

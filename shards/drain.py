@@ -71,6 +71,7 @@ class Drainer:
         timeout: float,
         evacuate: bool = False,
         window_ms: int | None = None,
+        hold_s: float = 0.0,
     ) -> None:
         if self.draining or self.done.is_set():
             return
@@ -78,7 +79,13 @@ class Drainer:
         self._aborted = False
         self._reason, self._reconnect_after_ms = reason, reconnect_after_ms
         started = trio.current_time()
-        self.acceptor.scope.cancel()
+        if hold_s > 0:
+            # Answer new connections (503, /healthz too) instead of leaving them unaccepted.
+            self.connections.closing_reason = "node draining"
+            if self.host is not None:
+                self.host.evict_rooms("room_moved", reconnect_after_ms)
+        else:
+            self.acceptor.scope.cancel()
         self.acceptor.publish_load()
         self.acceptor.publish = False  # the replacement publishes this slot's load now
         log(
@@ -95,7 +102,7 @@ class Drainer:
         else:
             window = reconnect_after_ms if window_ms is None else window_ms
             self._tell_everyone(reason, reconnect_after_ms, window)
-        await self._finish(timeout, started)
+        await self._finish(timeout, started, hold_s)
 
     def on_evacuated(self, message: Evacuated) -> None:
         """The supervisor's answer for one unit."""
@@ -169,7 +176,7 @@ class Drainer:
             else:
                 link.close(CloseCode.SERVICE_RESTART, reason[:60])
 
-    async def _finish(self, timeout: float, started: float) -> None:
+    async def _finish(self, timeout: float, started: float, hold_s: float = 0.0) -> None:
         connections = self.connections
         total = len(connections.links)
         if connections.links:
@@ -184,6 +191,17 @@ class Drainer:
                 while connections.links:
                     connections.all_closed = trio.Event()
                     await connections.all_closed.wait()
+        if hold_s > 0 and self.host is not None:
+            held = len(self.host.sessions)
+            with trio.move_on_after(hold_s):
+                await self.host.wait_empty()
+            log(
+                "drain_hold_done",
+                shard=self.shard_index,
+                sessions=held,
+                left=len(self.host.sessions),
+                hold_s=hold_s,
+            )
         log(
             "drain_done",
             shard=self.shard_index,

@@ -131,6 +131,7 @@ class SessionHost:
         self._control = control
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, set[str]] = {}  # room -> sessions held here that play in it
+        self._emptied = trio.Event()  # set when the last session leaves (wait_empty)
         self.attached: dict[str, SessionConnection] = {}
         self._grace: list[tuple[float, str]] = []
         self._grace_changed = trio.Event()
@@ -252,9 +253,17 @@ class SessionHost:
                 self._send_control(RoomHosted(shard=self.shard_index, room=session.room))
             members.add(session.id)
 
+    async def wait_empty(self) -> None:
+        """Return once this shard holds no session (a leaving node's last ones fetched)."""
+        while self.sessions:
+            self._emptied = trio.Event()
+            await self._emptied.wait()
+
     def _unhold(self, session: Session) -> None:
         if self.sessions.pop(session.id, None) is not None and self.journal is not None:
             self.journal.gone(session.id)
+        if not self.sessions:
+            self._emptied.set()
         self._skip_until.pop(session.id, None)
         self._gap.discard(session.id)
         self._recovered.discard(session.id)

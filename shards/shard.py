@@ -320,4 +320,5 @@ class Shard:
                 message.timeout,
                 message.evacuate,
                 message.window_ms or None,
+                message.hold_s,
             )

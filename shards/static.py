@@ -57,7 +57,10 @@ def response(request: Request) -> bytes | None:
     request goes on to the WebSocket checks)."""
     if is_upgrade(request) or request.method not in ("GET", "HEAD"):
         return None
-    page = _FILES.get(request.target.split("?", 1)[0])
+    path = request.target.split("?", 1)[0]
+    if path == "/healthz":  # a load balancer's check: 503 instead while the node drains
+        return ok(b"ok\n", "text/plain; charset=utf-8", head_only=request.method == "HEAD")
+    page = _FILES.get(path)
     if page is None:
         return None
     return ok(*page, head_only=request.method == "HEAD")

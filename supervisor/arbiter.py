@@ -280,6 +280,15 @@ class Supervisor:
             if not handle.exited.is_set():
                 handle.send_frame(evict)
 
+    async def _release_all_rooms(self) -> None:
+        """A leaving node gives every room back (its shards end the room sessions): the
+        next connection for one of them, on any node, claims it there."""
+        assert self.cluster is not None
+        for handle in self.processes.values():
+            for room in self.directory.rooms_of(handle.generation):
+                self.directory.release_room(room, handle.generation)
+        await self._release_claims()
+
     async def _release_claims(self) -> None:
         """Give back to the cluster the claims of rooms no local shard has any more (their
         linger ran out, their placement expired, their shard died). O(claimed rooms)."""
@@ -314,17 +323,34 @@ class Supervisor:
     async def handle_stop(self) -> None:
         """Graceful shutdown: all shards drain in parallel; stragglers are killed."""
         self.stopping = True
+        config = self.config
         drain = Drain(
             reason="server shutting down",
-            reconnect_after_ms=self.config.reconnect_after_ms,
-            timeout=self.config.drain_timeout,
+            reconnect_after_ms=config.reconnect_after_ms,
+            timeout=config.drain_timeout,
         )
+        hold_s = 0.0
+        if self.cluster is not None:
+            # A node leaving its cluster: its players come back to other nodes, spread over
+            # the reconnect window, and fetch their sessions from here meanwhile.
+            hold_s = (
+                config.reconnect_after_ms + config.reconnect_window_ms
+            ) / 1000 + config.fetch_timeout
+            drain = msgspec.structs.replace(
+                drain, window_ms=config.reconnect_window_ms, hold_s=hold_s
+            )
+            self._nursery.start_soon(self._release_all_rooms)
         frame = encode_frame(drain)
         handles = list(self.processes.values())
-        log("shutdown_start", shards=len(handles), drain_timeout=self.config.drain_timeout)
+        log(
+            "shutdown_start",
+            shards=len(handles),
+            drain_timeout=config.drain_timeout,
+            hold_s=hold_s,
+        )
         for handle in handles:
             handle.send_frame(frame)
-        with trio.move_on_after(self.config.drain_timeout + KILL_GRACE):
+        with trio.move_on_after(config.drain_timeout + hold_s + KILL_GRACE):
             for handle in handles:
                 await handle.exited.wait()
         self._kill_remaining("drain timeout")
