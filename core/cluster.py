@@ -84,10 +84,17 @@ def rooms_of_key(node: str) -> str:
     return ROOMS_OF_PREFIX + node
 
 
-# KEYS[1] lease of this node, KEYS[2] the node set; ARGV: name, incarnation, url, ttl ms.
-# Renews only this incarnation's lease (or takes a free one): a second process started
-# with the same --node name while the first lives gets "taken" and must not serve.
+# KEYS[1] lease of this node, KEYS[2] the node set, KEYS[3] the epoch; ARGV: name,
+# incarnation, url, ttl ms, the epoch this node joined. Renews only this incarnation's
+# lease (or takes a free one): a second process started with the same --node name while
+# the first lives gets "taken" and must not serve. "epoch": the epoch key is gone or
+# another - Redis lost its data (restarted without persistence): every claim and fence
+# went with it, so this node must drop its rooms and join again.
 RENEW_LEASE = """
+local epoch = redis.call('GET', KEYS[3])
+if epoch ~= ARGV[5] then
+  return {'epoch', epoch or ''}
+end
 local held = redis.call('HGET', KEYS[1], 'incarnation')
 if held and held ~= ARGV[2] then
   return {'taken', held}

@@ -62,6 +62,8 @@ class ClusterNode:
         self.incarnation = os.urandom(8).hex()
         self.lease = cluster.Lease()
         self.epoch = 0.0
+        self.epoch_text = ""  # as Redis holds it: what every renewal checks
+        self.renewals = 0
         self.reachable = False
         self.rtt_ms: float | None = None  # last renewal's round trip
         self.fenced = True  # until the first renewal
@@ -183,44 +185,65 @@ class ClusterNode:
         await self.call(
             "epoch", lambda r: r.set(cluster.EPOCH_KEY, now, condition=coredis.PureToken.NX)
         )
-        self.epoch = float(await self.call("epoch", lambda r: r.get(cluster.EPOCH_KEY)))
-        if not await self.renew():
+        self.epoch_text = str(await self.call("epoch", lambda r: r.get(cluster.EPOCH_KEY)))
+        self.epoch = float(self.epoch_text)
+        if await self.renew() != "ok":
             raise ClusterRefused(f"node name {self.node!r} is held by a live node")
 
-    async def renew(self) -> bool:
-        """One renewal; False when another live process holds this node name."""
+    async def renew(self) -> str:
+        """One renewal: "ok", "taken" (another live process holds this node name) or
+        "epoch" (Redis lost its data since this node joined)."""
         sent = trio.current_time()
         status, _ = await self.call(
             "lease",
             lambda r: self._renew(
-                keys=[cluster.lease_key(self.node), cluster.NODES_KEY],
+                keys=[cluster.lease_key(self.node), cluster.NODES_KEY, cluster.EPOCH_KEY],
                 args=[
                     self.node,
                     self.incarnation,
                     self.public_url,
                     int(self.lease.ttl * 1000),
+                    self.epoch_text,
                 ],
             ),
         )
-        if status != "ok":
-            return False
-        self.rtt_ms = (trio.current_time() - sent) * 1000
         self.reachable = True
+        if status != "ok":
+            return str(status)
+        self.rtt_ms = (trio.current_time() - sent) * 1000
         self.lease.renewed(sent)
-        return True
+        self.renewals += 1
+        return "ok"
+
+    def _fence_now(self, why: str) -> None:
+        self.lease.valid_until = float("-inf")
+        if not self.fenced:
+            self.fenced = True
+            self.fences.clear()
+            log("lease_lost", node=self.node, reason=why)
+            self._on_fenced()
 
     async def keep_lease(self) -> None:
         """Renew every ``LEASE_RENEW_S`` until cancelled; fence and unfence on the way."""
         while True:
             try:
-                taken = not await self.renew()
+                status = await self.renew()
             except ClusterUnavailable as exc:
-                taken = False
+                status = "unreachable"
                 log("cluster_unreachable", node=self.node, error=str(exc)[:200])
-            if taken:
+            if status == "taken":
                 log("lease_taken", node=self.node, reason="another process uses this name")
-                self.lease.valid_until = float("-inf")
-            elif self.reachable:
+                self._fence_now("name taken")
+            elif status == "epoch":
+                # Redis restarted without its data: claims and fences are gone, another
+                # node may claim this node's rooms with a fresh fence. Drop them, join anew.
+                log("cluster_data_lost", node=self.node, epoch=self.epoch_text)
+                self._fence_now("redis lost its data")
+                try:
+                    await self.join()
+                except (ClusterRefused, ClusterUnavailable) as exc:
+                    log("cluster_rejoin_failed", node=self.node, error=str(exc)[:200])
+            elif status == "ok":
                 try:
                     self.members = await self.nodes()
                 except ClusterUnavailable:
@@ -228,10 +251,7 @@ class ClusterNode:
             now = trio.current_time()
             fenced = self.lease.fenced(now)
             if fenced and not self.fenced:
-                self.fenced = True
-                self.fences.clear()
-                log("lease_lost", node=self.node, ttl_s=self.lease.ttl)
-                self._on_fenced()
+                self._fence_now(f"not renewed for {self.lease.ttl:g} s")
             elif not fenced and self.fenced:
                 self.fenced = False
                 log("lease_held", node=self.node, rtt_ms=self.rtt_ms, epoch=self.epoch)
@@ -310,6 +330,7 @@ class ClusterNode:
             "reachable": self.reachable,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "lease_s": round(self.lease.remaining(now), 3),
+            "renewals": self.renewals,
             "fenced": self.fenced,
             "epoch": self.epoch,
             "rooms_claimed": len(self.fences),

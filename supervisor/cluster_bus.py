@@ -105,7 +105,7 @@ class BroadcastBus:
         """The reader starts at the stream's current end; then publisher and reader run
         until cancelled."""
         self.last_id, self.last_n = await self._end_of_stream()
-        self.offset = self.last_n
+        self.offset = self.last_n  # nothing delivered yet: bseq 1 will be entry last_n + 1
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publisher)
             nursery.start_soon(self._reader)
@@ -188,9 +188,11 @@ class BroadcastBus:
         n = int(_text(entry.field_values["n"]))
         if n > self.last_n + 1 and self.last_n:
             missed = n - self.last_n - 1
-            self.offset += missed
             self.count("cluster_broadcast_gap", missed)
             log("cluster_broadcast_gap", node=self.node.node, missed=missed, first_n=n)
+        elif n <= self.last_n:
+            # Redis lost the stream (restarted without persistence): numbering restarts.
+            log("cluster_stream_reset", node=self.node.node, last_n=self.last_n, n=n)
         self.last_id = _text(entry.identifier)
         self.last_n = n
         try:
@@ -200,6 +202,7 @@ class BroadcastBus:
             return
         local = item.generation if item.node == self.node.node else None
         self.delivered += 1
+        self.offset = n - self.delivered  # this node's bseq for entry n is n - offset
         self.deliver(item.broadcast, local)
 
     def status(self) -> dict[str, object]:

@@ -60,6 +60,23 @@ async def redirected(port: int, path: str) -> str:
     return str(first["url"])
 
 
+async def seated_once_claimable(port: int, path: str, within: float) -> int:
+    """Ask ``port`` for ``path`` until it seats us (a welcome) instead of redirecting to
+    the old owner or answering 503 (it cannot claim rooms right now); how many tries."""
+    tries = 0
+    with trio.fail_after(within):
+        while True:
+            tries += 1
+            if (await upgrade_status(port, path)).startswith(b"HTTP/1.1 101"):
+                client, _ = await RawClient.open(port, path, welcome=False)
+                message = await client.receive(timeout=10)
+                await client.aclose()
+                if message["type"] == "welcome":
+                    return tries
+                assert message["type"] == "redirect", message
+            await trio.sleep(0.2)  # the old owner's lease has seconds to run: poll gently
+
+
 async def follow(url: str) -> tuple[RawClient, dict[str, Any] | None]:
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
@@ -119,15 +136,7 @@ async def test_a_dead_nodes_room_is_claimed_by_another_node_with_a_higher_fence(
         # Until a's lease runs out, b still names a as the owner (it may only be late).
         url = await redirected(b.port, "/rooms/r1")
         assert url.startswith(f"ws://127.0.0.1:{a.port}/")
-        with trio.fail_after(LEASE_TTL_S + 10):
-            while True:
-                client, first = await RawClient.open(b.port, "/rooms/r1", welcome=False)
-                message = await client.receive(timeout=10)
-                if message["type"] == "welcome":
-                    break
-                assert message["type"] == "redirect"
-                await client.aclose()
-                await trio.sleep(0.2)  # a's lease has seconds to run: poll gently
+        await seated_once_claimable(b.port, "/rooms/r1", LEASE_TTL_S + 10)
         claimed = await b.log.wait_for("room_claimed", room="r1", node="b")
         assert claimed["fence"] == "2"
         assert trio.current_time() - killed >= LEASE_TTL_S - 1.5  # not before a's lease ended
@@ -217,14 +226,7 @@ async def test_a_node_cut_off_from_redis_stops_serving_its_rooms_before_another_
                 head = await upgrade_status(a.port, "/rooms/r2")
                 assert head.startswith(b"HTTP/1.1 503"), head
                 # b claims r1 only once a's lease has run out in Redis too.
-                with trio.fail_after(LEASE_TTL_S + 10):
-                    while True:
-                        client, _ = await RawClient.open(b.port, "/rooms/r1", welcome=False)
-                        first = await client.receive(timeout=10)
-                        await client.aclose()
-                        if first["type"] == "welcome":
-                            break
-                        await trio.sleep(0.2)
+                await seated_once_claimable(b.port, "/rooms/r1", LEASE_TTL_S + 10)
                 claimed = await b.log.wait_for("room_claimed", room="r1", node="b")
                 assert claimed["fence"] == "2"
                 assert float(lost["ts"]) <= told_at <= float(claimed["ts"])
