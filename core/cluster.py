@@ -40,6 +40,7 @@ LEASE_PREFIX = PREFIX + "node:"
 ROOM_PREFIX = PREFIX + "room:"
 ROOMS_OF_PREFIX = PREFIX + "rooms:"
 SESSION_PREFIX = PREFIX + "session:"  # session id -> the node holding it
+CHECKPOINTS_PREFIX = PREFIX + "checkpoints:"  # node -> hash: session id -> its checkpoint
 INBOX_PREFIX = PREFIX + "inbox:"  # node name -> its requests and replies (a stream)
 INBOX_KEPT = 1_000  # entries an inbox keeps (requests are answered within seconds)
 SAYS_KEY = PREFIX + "says"  # the broadcast stream: one entry per say, in one total order
@@ -68,6 +69,10 @@ def session_key(session: str) -> str:
     return SESSION_PREFIX + session
 
 
+def checkpoints_key(node: str) -> str:
+    return CHECKPOINTS_PREFIX + node
+
+
 def inbox_key(node: str) -> str:
     return INBOX_PREFIX + node
 
@@ -84,8 +89,10 @@ def rooms_of_key(node: str) -> str:
     return ROOMS_OF_PREFIX + node
 
 
-# KEYS[1] lease of this node, KEYS[2] the node set, KEYS[3] the epoch; ARGV: name,
-# incarnation, url, ttl ms, the epoch this node joined. Renews only this incarnation's
+# KEYS[1] lease of this node, KEYS[2] the node set, KEYS[3] the epoch, KEYS[4] the node's
+# checkpoints; ARGV: name, incarnation, url, ttl ms, the epoch this node joined, grace ms.
+# The checkpoints outlive the node by the grace window: its players may resume elsewhere
+# until then, and nobody has to clean up after a dead node. Renews only this incarnation's
 # lease (or takes a free one): a second process started with the same --node name while
 # the first lives gets "taken" and must not serve. "epoch": the epoch key is gone or
 # another - Redis lost its data (restarted without persistence): every claim and fence
@@ -101,6 +108,7 @@ if held and held ~= ARGV[2] then
 end
 redis.call('HSET', KEYS[1], 'incarnation', ARGV[2], 'url', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[4] + ARGV[6])
 redis.call('SADD', KEYS[2], ARGV[1])
 return {'ok', ARGV[2]}
 """
@@ -149,30 +157,52 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', n, 'b', ARG
 """
 
 
-# ARGV: node, then pairs (op, session id): op "+" = this node holds it now, "-" = it ended
-# here (deleted only if this node is still the holder: it may have moved on). One call per
-# batch of session starts and ends.
+# ARGV: node, session key prefix, the node's checkpoints key, then operations in order:
+# "+" SID = this node holds SID now; "-" SID = SID ended or left this node (the holder
+# entry is deleted only if it still names this node: the session may be elsewhere by
+# now); "c" SID BLOB = SID's latest checkpoint. One call per batch.
 SYNC_SESSIONS = """
-local node, prefix = ARGV[1], ARGV[2]
-for i = 3, #ARGV, 2 do
-  local key = prefix .. ARGV[i + 1]
-  if ARGV[i] == '+' then
-    redis.call('SET', key, node)
-  elseif redis.call('GET', key) == node then
-    redis.call('DEL', key)
+local node, prefix, checkpoints = ARGV[1], ARGV[2], ARGV[3]
+local i, done = 4, 0
+while i <= #ARGV do
+  local op, sid = ARGV[i], ARGV[i + 1]
+  if op == '+' then
+    redis.call('SET', prefix .. sid, node)
+    i = i + 2
+  elseif op == '-' then
+    if redis.call('GET', prefix .. sid) == node then
+      redis.call('DEL', prefix .. sid)
+    end
+    redis.call('HDEL', checkpoints, sid)
+    i = i + 2
+  else
+    redis.call('HSET', checkpoints, sid, ARGV[i + 2])
+    i = i + 3
   end
+  done = done + 1
 end
-return (#ARGV - 2) / 2
+return done
 """
 
-# KEYS[1] the session's key; ARGV: lease prefix. The holding node while its lease lives,
-# else false (the holder died: its sessions are gone with it).
-FIND_SESSION = """
+# KEYS[1] the session's key; ARGV: session id, lease prefix, checkpoints prefix. Where a
+# resume finds the session: {"live", node} while its holder's lease lives; else the
+# holder died and its last checkpoint is taken (deleted: two racing resumes cannot both
+# get it) - {"checkpoint", blob}; else {"none", ""}.
+TAKE_SESSION = """
 local node = redis.call('GET', KEYS[1])
-if node and redis.call('EXISTS', ARGV[1] .. node) == 1 then
-  return node
+if not node then
+  return {'none', ''}
 end
-return false
+if redis.call('EXISTS', ARGV[2] .. node) == 1 then
+  return {'live', node}
+end
+local blob = redis.call('HGET', ARGV[3] .. node, ARGV[1])
+if not blob then
+  return {'none', ''}
+end
+redis.call('HDEL', ARGV[3] .. node, ARGV[1])
+redis.call('DEL', KEYS[1])
+return {'checkpoint', blob}
 """
 
 

@@ -54,7 +54,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def command(self) -> list[str]:
+    def argv(self) -> list[str]:
         cmd = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--dir", self.dir, "--save", "", "--protected-mode", "no"]
         if self.appendonly:
@@ -65,7 +65,7 @@ class RedisServer:
 
     async def start(self) -> None:
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         with trio.fail_after(10):
             while not await self._pong():
@@ -83,6 +83,25 @@ class RedisServer:
             with trio.move_on_after(1):
                 return (await stream.receive_some(64)).startswith(b"+PONG")
         return False
+
+    async def query(self, *args: str) -> bytes:
+        """One command over a fresh connection (RESP); the raw first reply line, e.g.
+        ``b":1"`` - for tests that look at what the cluster keeps."""
+        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        async with stream:
+            parts = [f"*{len(args)}\r\n".encode()]
+            for arg in args:
+                data = arg.encode()
+                parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+            await stream.send_all(b"".join(parts))
+            reply = b""
+            with trio.fail_after(5):
+                while b"\r\n" not in reply:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+        return reply.split(b"\r\n", 1)[0]
 
     def kill(self) -> None:
         """SIGKILL, as a crash; waits for the pid to be reaped."""

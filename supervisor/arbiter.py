@@ -236,7 +236,12 @@ class Supervisor:
         config = self.config
         assert config.cluster is not None
         self.cluster = ClusterNode(
-            config.cluster, config.node, config.public_url, secret, on_fenced=self._fenced
+            config.cluster,
+            config.node,
+            config.public_url,
+            secret,
+            grace=config.grace,
+            on_fenced=self._fenced,
         )
         try:
             await nursery.start(self.cluster.run)
@@ -939,6 +944,8 @@ class Supervisor:
                     if owner is not None:
                         self.directory.release(session, owner)
                     self.park.forget(session)
+                    if self.remote is not None:
+                        self.remote.ended(session)  # its checkpoint here goes too
                 return answer
         finally:
             if not lock.statistics().tasks_waiting and not lock.locked():
@@ -1008,12 +1015,13 @@ class Supervisor:
                     self.remote.ended(message.session)
         elif isinstance(message, Checkpoint):
             generation = handle.generation
-            self.park.checkpoint(
-                generation,
-                message.batch,
-                message.applied_bseq,
-                lambda sid: self.directory.owner_of(sid) == generation,
-            )
+
+            def owns(sid: str) -> bool:
+                return self.directory.owner_of(sid) == generation
+
+            self.park.checkpoint(generation, message.batch, message.applied_bseq, owns)
+            if self.remote is not None:
+                self.remote.checkpoint(message.batch, message.applied_bseq, owns)
         elif isinstance(message, Journal):
             self.park.on_journal(handle.generation, message.entries)
         elif isinstance(message, Load):

@@ -53,6 +53,7 @@ class ClusterNode:
         node: str,
         public_url: str,
         secret: bytes,
+        grace: float = 120.0,
         on_fenced: Callable[[], None] = lambda: None,
         on_unfenced: Callable[[], None] = lambda: None,
     ) -> None:
@@ -60,6 +61,7 @@ class ClusterNode:
         self.node = node
         self.public_url = public_url
         self.incarnation = os.urandom(8).hex()
+        self.grace = grace  # seconds this node's checkpoints outlive its lease
         self.lease = cluster.Lease()
         self.epoch = 0.0
         self.epoch_text = ""  # as Redis holds it: what every renewal checks
@@ -98,7 +100,7 @@ class ClusterNode:
                 self._release = redis.register_script(cluster.RELEASE_ROOM)
                 self._publish = redis.register_script(cluster.PUBLISH)
                 self._sync = redis.register_script(cluster.SYNC_SESSIONS)
-                self._find = redis.register_script(cluster.FIND_SESSION)
+                self._find = redis.register_script(cluster.TAKE_SESSION)
                 try:
                     await self.join()
                 except (ClusterRefused, ClusterUnavailable) as exc:
@@ -138,13 +140,17 @@ class ClusterNode:
         """Record a batch of session starts and ends (``SYNC_SESSIONS``' ARGV)."""
         await self.call("sessions", lambda r: self._sync(keys=[], args=args))
 
-    async def find_session(self, session: str) -> str | None:
-        """The node holding ``session`` while its lease lives, else None."""
-        node = await self.call(
+    async def take_session(self, session: str) -> tuple[str, str]:
+        """Where ``session`` is: ("live", node), ("checkpoint", blob) - its holder died and
+        its last checkpoint is now this caller's alone - or ("none", "")."""
+        kind, value = await self.call(
             "find",
-            lambda r: self._find(keys=[cluster.session_key(session)], args=[cluster.LEASE_PREFIX]),
+            lambda r: self._find(
+                keys=[cluster.session_key(session)],
+                args=[session, cluster.LEASE_PREFIX, cluster.CHECKPOINTS_PREFIX],
+            ),
         )
-        return node or None
+        return str(kind), str(value)
 
     async def post(self, node: str, message: bytes) -> None:
         """Append ``message`` to ``node``'s inbox (trimmed to about ``INBOX_KEPT``)."""
@@ -197,13 +203,19 @@ class ClusterNode:
         status, _ = await self.call(
             "lease",
             lambda r: self._renew(
-                keys=[cluster.lease_key(self.node), cluster.NODES_KEY, cluster.EPOCH_KEY],
+                keys=[
+                    cluster.lease_key(self.node),
+                    cluster.NODES_KEY,
+                    cluster.EPOCH_KEY,
+                    cluster.checkpoints_key(self.node),
+                ],
                 args=[
                     self.node,
                     self.incarnation,
                     self.public_url,
                     int(self.lease.ttl * 1000),
                     self.epoch_text,
+                    int(self.grace * 1000),
                 ],
             ),
         )

@@ -32,16 +32,27 @@ import trio
 from core import cluster
 from core.cluster import ClusterUnavailable
 from core.control import Fetch, Handoff
+from core.session import ReplayEntry, SessionSnapshot, SnapshotBatch
 from shards.log import log
 
 if TYPE_CHECKING:
     from supervisor.cluster import ClusterNode
     from supervisor.cluster_bus import BroadcastBus
 
-SYNC_BATCH = 500  # session starts/ends per Redis call
+SYNC_BATCH = 500  # session starts/ends/checkpoints per Redis call...
+SYNC_BYTES = 1024 * 1024  # ...and at most about this many bytes of checkpoints
+CHECKPOINT_BUDGET = 64 * 1024 * 1024  # checkpoint bytes queued while Redis does not answer
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 2.0
 READ_BLOCK_MS = 1000
+
+
+class StoredCheckpoint(msgspec.Struct, kw_only=True):
+    """One session's checkpoint as Redis keeps it: the session with the bodies its
+    replay buffer refers to, and the says stream entry it had applied."""
+
+    applied_n: int
+    batch: SnapshotBatch
 
 
 class InboxMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -59,6 +70,21 @@ class InboxMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(InboxMessage).decode
+_decode_checkpoint = msgspec.json.Decoder(StoredCheckpoint).decode
+
+
+def one_session(batch: SnapshotBatch, snap: SessionSnapshot) -> SnapshotBatch:
+    """``snap`` alone, with only the bodies its replay buffer refers to (renumbered)."""
+    index: dict[int, int] = {}
+    bodies: list[bytes] = []
+    buffer = []
+    for entry in snap.buffer:
+        at = index.get(entry.body)
+        if at is None:
+            at = index[entry.body] = len(bodies)
+            bodies.append(batch.bodies[entry.body])
+        buffer.append(ReplayEntry(entry.seq, at))
+    return SnapshotBatch(bodies=bodies, sessions=[msgspec.structs.replace(snap, buffer=buffer)])
 
 
 class _Reply:
@@ -85,7 +111,10 @@ class ClusterSessions:
         self.fetch_timeout = fetch_timeout
         self.fetched = 0
         self.surrendered = 0
-        self._ops: collections.deque[tuple[str, str]] = collections.deque()
+        self._ops: collections.deque[tuple[str, ...]] = collections.deque()
+        self._ops_bytes = 0
+        self.recovered = 0
+        self.dropped = 0
         self._wakeup = trio.Event()
         self._replies: dict[int, _Reply] = {}
         self._next_request = 0
@@ -98,8 +127,30 @@ class ClusterSessions:
     def ended(self, session: str) -> None:
         self._queue("-", session)
 
-    def _queue(self, op: str, session: str) -> None:
-        self._ops.append((op, session))
+    def checkpoint(
+        self, batch: SnapshotBatch, applied_bseq: int, owns: Callable[[str], bool]
+    ) -> None:
+        """A shard's checkpoint: each session this node still holds is stored in Redis
+        (the node's checkpoints hash), so the session survives this node's death. Cost:
+        each changed session's snapshot and the bodies it refers to, once per interval
+        (a broadcast body is stored once per session that holds it)."""
+        applied_n = applied_bseq + self.bus.offset
+        if self._ops_bytes > CHECKPOINT_BUDGET:
+            # Redis has not taken what is queued: keep the budget, say so (these sessions
+            # are checkpointed again at their next change).
+            self.dropped += len(batch.sessions)
+            log("cluster_checkpoint_dropped", sessions=len(batch.sessions), queued=self._ops_bytes)
+            return
+        for snap in batch.sessions:
+            if owns(snap.id):
+                blob = _encode(
+                    StoredCheckpoint(applied_n=applied_n, batch=one_session(batch, snap))
+                )
+                self._queue("c", snap.id, blob.decode())
+
+    def _queue(self, op: str, session: str, blob: str = "") -> None:
+        self._ops.append((op, session, blob) if blob else (op, session))
+        self._ops_bytes += len(blob)
         self._wakeup.set()
 
     async def _sync(self) -> None:
@@ -110,10 +161,20 @@ class ClusterSessions:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            batch = [self._ops[i] for i in range(min(SYNC_BATCH, len(self._ops)))]
-            args: list[str] = [self.node.node, cluster.SESSION_PREFIX]
-            for op, session in batch:
-                args += [op, session]
+            batch = []
+            size = 0
+            for op in self._ops:  # up to SYNC_BATCH operations or SYNC_BYTES of checkpoints
+                if batch and (len(batch) >= SYNC_BATCH or size >= SYNC_BYTES):
+                    break
+                batch.append(op)
+                size += len(op[2]) if len(op) > 2 else 0
+            args: list[str] = [
+                self.node.node,
+                cluster.SESSION_PREFIX,
+                cluster.checkpoints_key(self.node.node),
+            ]
+            for op in batch:
+                args += op
             try:
                 await self.node.sync_sessions(args)
             except ClusterUnavailable as exc:
@@ -129,17 +190,20 @@ class ClusterSessions:
             delay = RETRY_FIRST_S
             for _ in batch:
                 self._ops.popleft()
+            self._ops_bytes -= size
 
     # ------------------------------------------------------------------ moving one
     async def fetch(self, fetch: Fetch) -> Handoff | None:
         """The session from the node holding it, or None (nobody holds it, this node does,
         or the holder did not answer within the fetch timeout; logged)."""
         try:
-            holder = await self.node.find_session(fetch.session)
+            kind, holder = await self.node.take_session(fetch.session)
         except ClusterUnavailable as exc:
             log("cluster_fetch_failed", session=fetch.session, error=str(exc)[:200])
             return None
-        if holder is None or holder == self.node.node:
+        if kind == "checkpoint":
+            return self._recover(fetch, holder)
+        if kind != "live" or holder == self.node.node:
             return None
         self._next_request += 1
         request = self._next_request
@@ -164,7 +228,12 @@ class ClusterSessions:
         answer = reply.value
         if answer is None or answer.handoff is None:
             log("cluster_fetch_timeout", session=fetch.session, holder=holder)
-            return None
+            # The holder may have died meanwhile (no answer): its lease may be gone now.
+            try:
+                kind, value = await self.node.take_session(fetch.session)
+            except ClusterUnavailable:
+                return None
+            return self._recover(fetch, value) if kind == "checkpoint" else None
         handoff = answer.handoff
         log(
             "cluster_handoff_in",
@@ -177,6 +246,24 @@ class ClusterSessions:
             self.fetched += 1
         applied = max(0, answer.applied_n - self.bus.offset)
         return msgspec.structs.replace(handoff, request=fetch.request, applied_bseq=applied)
+
+    def _recover(self, fetch: Fetch, blob: str) -> Handoff | None:
+        """The session of a node that died, from its last checkpoint (``recovered``: what
+        that node sent after it is unknown, the resume reports a gap past it)."""
+        try:
+            stored = _decode_checkpoint(blob)
+        except msgspec.DecodeError as exc:
+            log("cluster_checkpoint_unreadable", session=fetch.session, error=str(exc)[:200])
+            return None
+        self.recovered += 1
+        log("cluster_session_recovered", session=fetch.session, applied_n=stored.applied_n)
+        return Handoff(
+            request=fetch.request,
+            session=fetch.session,
+            batch=stored.batch,
+            applied_bseq=max(0, stored.applied_n - self.bus.offset),
+            recovered=True,
+        )
 
     async def _answer(self, ask: InboxMessage) -> None:
         handoff = await self.surrender_local(ask.session, ask.epoch)
@@ -245,8 +332,11 @@ class ClusterSessions:
     def status(self) -> dict[str, object]:
         return {
             "sessions_sync_queued": len(self._ops),
+            "sessions_sync_bytes": self._ops_bytes,
             "fetched": self.fetched,
             "surrendered": self.surrendered,
+            "recovered": self.recovered,
+            "checkpoints_dropped": self.dropped,
         }
 
 

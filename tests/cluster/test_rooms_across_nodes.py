@@ -38,12 +38,15 @@ def node_args(redis_url: str, name: str, port: int, *more: str) -> tuple[str, ..
 
 
 @asynccontextmanager
-async def open_nodes(redis: RedisServer, *names: str) -> AsyncIterator[dict[str, ServerProcess]]:
-    """One supervisor (2 shards) per name, on its own free port; all killed at the end."""
+async def open_nodes(
+    redis: RedisServer, *names: str, more: tuple[str, ...] = ()
+) -> AsyncIterator[dict[str, ServerProcess]]:
+    """One supervisor (2 shards) per name, on its own free port, with ``more`` arguments;
+    all killed at the end."""
     async with AsyncExitStack() as stack:
         nodes = {}
         for name in names:
-            args = node_args(redis.url, name, free_port())
+            args = node_args(redis.url, name, free_port(), *more)
             nodes[name] = await stack.enter_async_context(open_server(*args, shards=2))
             await nodes[name].log.wait_for("cluster_joined", node=name)
         yield nodes

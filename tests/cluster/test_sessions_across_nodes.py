@@ -5,9 +5,12 @@ unprocessed messages told by ``last_cseq``), and its token then works nowhere el
 from __future__ import annotations
 
 import pytest
+import trio
 
+from core.cluster import LEASE_TTL_S
 from lab.rawws import RawClient
 from lab.redis import open_redis, redis_available
+from lab.server import kill_tree
 from tests.cluster.test_rooms_across_nodes import open_nodes
 from tests.support import resume_path
 
@@ -86,3 +89,42 @@ async def test_the_newest_token_resumes_from_a_third_node() -> None:
         assert w_c is not None and w_c["resumed"] is True and w_c["session"] == welcome["session"]
         assert w_c["last_cseq"] == 0 and not w_c.get("replay_gap")
         assert (await on_c.echo(3))["seq"] == 3
+
+
+async def test_the_players_of_a_node_that_dies_resume_elsewhere_from_its_checkpoint() -> None:
+    """SIGKILL of a whole node: its lobby players resume on another node from the session
+    checkpoint the node kept in Redis (``recovered``), with what was said since."""
+    async with open_redis() as redis:
+        args = ("--checkpoint-interval", "0.2")
+        async with open_nodes(redis, "a", "b", more=args) as nodes:
+            a, b = nodes["a"], nodes["b"]
+            player, welcome = await RawClient.open(a.port, "/")
+            talker, _ = await RawClient.open(b.port, "/")
+            assert welcome is not None
+            assert (await player.echo(1))["seq"] == 1
+            assert (await player.echo(2))["seq"] == 2
+            # Its checkpoint is in Redis (a connection attempt per poll, bounded).
+            key = "{ws}:checkpoints:a"
+            with trio.fail_after(10):
+                while await redis.query("HEXISTS", key, welcome["session"]) != b":1":
+                    await trio.sleep(0.05)
+            kill_tree(a.pid, a.all_pids())  # the machine dies
+            await talker.send({"type": "say", "text": "while a is dead"})
+            await talker.receive_until("said", text="while a is dead")
+            # As soon as a's lease is gone (at most 5 s) the session is b's to take.
+            with trio.fail_after(LEASE_TTL_S + 10):
+                while True:
+                    again, back = await RawClient.open(b.port, resume_path(welcome, 2))
+                    assert back is not None
+                    if back["resumed"]:
+                        break
+                    assert back.get("resume_error"), back
+                    await again.aclose()  # a's lease still ran: its session was not free yet
+                    await trio.sleep(0.2)
+            assert back["session"] == welcome["session"] and back["recovered"] is True, back
+            said = await again.receive_until("said", text="while a is dead", timeout=10)
+            assert said["seq"] > 2
+            assert (await again.echo(3))["data"] == 3
+            await b.log.wait_for("cluster_session_recovered", session=welcome["session"])
+            # Taken once: the checkpoint is gone from Redis.
+            assert await redis.query("HEXISTS", key, welcome["session"]) == b":0"
