@@ -132,6 +132,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     broadcast_log_bytes: int = 32 * 1024 * 1024
     # Freeze the start-up heap and raise GC thresholds in shards (see shards.__main__).
     gc_tuning: bool = True
+    # Networks of proxies whose X-Forwarded-For names the client (core/forwarded.py); the
+    # per-address caps then count the client's address, not the proxy's. Empty = none.
+    trusted_proxies: tuple[str, ...] = ()
     # Cluster mode (supervisor/cluster.py): the Redis every node shares (redis://H:P/DB;
     # None = single machine, no Redis), this node's name (unique in the cluster) and the
     # URL clients reach this node at (ws://HOST:PORT: where other nodes redirect a room's

@@ -42,11 +42,16 @@ def parse_ws_url(url: str) -> tuple[str, int, str]:
     return parts.hostname, parts.port or 80, path
 
 
-def handshake_request(host: str, port: int, path: str = "/") -> bytes:
+def handshake_request(
+    host: str, port: int, path: str = "/", headers: tuple[str, ...] = ()
+) -> bytes:
+    """An upgrade request; ``headers``: more lines, e.g. ``"X-Forwarded-For: 10.0.0.1"``."""
     key = base64.b64encode(random.randbytes(16)).decode()
+    more = "".join(f"{line}\r\n" for line in headers)
     return (
         f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"{more}\r\n"
     ).encode()
 
 
@@ -178,29 +183,38 @@ class RawClient:
         self._close_sent = False
 
     @classmethod
-    async def connect(cls, port: int, path: str = "/", host: str = "127.0.0.1") -> RawClient:
+    async def connect(
+        cls, port: int, path: str = "/", host: str = "127.0.0.1", headers: tuple[str, ...] = ()
+    ) -> RawClient:
         """Connect and upgrade (the welcome, if any, is the next message)."""
         client = cls(await trio.open_tcp_stream(host, port))
-        await client.upgrade(path, host, port)
+        await client.upgrade(path, host, port, headers)
         with trio.fail_after(10):
             await client._read_head()
         return client
 
     @classmethod
     async def open(
-        cls, port: int, path: str = "/", host: str = "127.0.0.1", welcome: bool = True
+        cls,
+        port: int,
+        path: str = "/",
+        host: str = "127.0.0.1",
+        welcome: bool = True,
+        headers: tuple[str, ...] = (),
     ) -> tuple[RawClient, dict[str, Any] | None]:
         """Connect, upgrade and (with ``welcome``) read the welcome, asserted to be one."""
-        client = await cls.connect(port, path, host)
+        client = await cls.connect(port, path, host, headers)
         first = await client.receive() if welcome else None
         if first is not None:
             assert first["type"] == "welcome", first
         return client, first
 
-    async def upgrade(self, path: str = "/", host: str = "127.0.0.1", port: int = 0) -> None:
+    async def upgrade(
+        self, path: str = "/", host: str = "127.0.0.1", port: int = 0, headers: tuple[str, ...] = ()
+    ) -> None:
         """Send the upgrade request; its answer is read with the first message."""
         self._head = b""
-        await self.stream.send_all(handshake_request(host, port or 80, path))
+        await self.stream.send_all(handshake_request(host, port or 80, path, headers))
 
     async def _read_head(self) -> None:
         head = self._head or b""

@@ -36,6 +36,7 @@ from core import handshake
 from core.close_codes import CloseCode, Disconnect, How, classify
 from core.cluster import redirect_url
 from core.control import PassConnection
+from core.forwarded import client_address, trusted_networks
 from core.handshake import HttpError, http_response
 from core.inbound import CLOSE, DELIVER, REPLY, InboundRules
 from core.protocol import Codec, Error, Redirect, ServerMessage, StreamMessage
@@ -159,6 +160,7 @@ class Connections:
         self.all_closed = trio.Event()
         self.handshake_timeouts = 0
         self.closing_reason: str | None = None  # set: every new connection gets HTTP 503
+        self._trusted = trusted_networks(config.trusted_proxies)
         self._lingering = 0
         self._codecs = {
             False: Codec(binary=False, messages=app_messages),
@@ -236,7 +238,7 @@ class Connections:
             pending = False
             if prepared is None:
                 return
-            target, subprotocol, extra = prepared
+            target, subprotocol, extra, peer = prepared
             link = await self._open(sock, peer, target, subprotocol, extra)
             if link is not None:
                 await self._until_ended(link)
@@ -265,9 +267,10 @@ class Connections:
 
     async def _prepare(
         self, sock: socket.socket, peer: str, note: PassConnection | None
-    ) -> tuple[handshake.Target, str | None, bytes] | None:
-        """Head, checks and routing: (target, subprotocol, bytes after the head) to serve
-        here, or None when answered (refused, a page, passed on) or timed out."""
+    ) -> tuple[handshake.Target, str | None, bytes, str] | None:
+        """Head, checks and routing: (target, subprotocol, bytes after the head, the peer
+        to count it under) to serve here, or None when answered (refused, a page, passed
+        on) or timed out."""
         config = self.config
         with trio.move_on_after(config.handshake_timeout):
             try:
@@ -283,6 +286,8 @@ class Connections:
                         return None
                     head, extra = got
                 request = handshake.parse_head(head)
+                if note is None and self._trusted:
+                    peer = self._forwarded_peer(peer, request)
                 page = static.response(request)
                 if page is not None:
                     await _answer(sock, page)
@@ -312,7 +317,7 @@ class Connections:
             except OSError:
                 log("handshake_failed", shard=self.shard_index, peer=peer, reason="client gone")
                 return None
-            return target, upgrade.subprotocol, extra
+            return target, upgrade.subprotocol, extra, peer
         self.handshake_timeouts += 1
         log(
             "handshake_failed",
@@ -321,6 +326,14 @@ class Connections:
             reason="no upgrade within the handshake timeout",
         )
         return None
+
+    def _forwarded_peer(self, peer: str, request: handshake.Request) -> str:
+        """``peer``, or the client its trusted proxy names (``--trusted-proxy``)."""
+        proxy = host_of(peer)
+        client = client_address(proxy, request.headers.get("x-forwarded-for"), self._trusted)
+        if client == proxy:
+            return peer
+        return f"[{client}]:0" if ":" in client else f"{client}:0"
 
     async def _redirect(
         self,

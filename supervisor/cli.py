@@ -8,6 +8,7 @@ import socket
 
 from core.cluster import check_public_url
 from core.config import MAX_REPLAY_BYTES, ServerConfig
+from core.forwarded import trusted_networks
 from core.heartbeat import DEFAULT_PRESET, PRESETS, resolve
 
 DESCRIPTION = """\
@@ -198,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="accept only WebSocket upgrades whose Origin is one of these (repeatable); "
         "others get HTTP 403. Default: any origin",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a load balancer's address or network (repeatable): connections from it are "
+        "counted under the client address its X-Forwarded-For names (per-address caps, "
+        "logs); from anyone else the header is ignored. Default: none",
     )
     p.add_argument(
         "--max-connections",
@@ -446,6 +456,10 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
     if args.relay_budget_bytes < 1 or args.broadcast_log_bytes < 1:
         parser.error("--relay-budget-bytes and --broadcast-log-bytes must be at least 1")
     policy = resolve(args.heartbeat, args.heartbeat_interval, args.heartbeat_timeout)
+    try:
+        trusted_networks(tuple(args.trusted_proxy))
+    except ValueError as exc:
+        parser.error(f"--trusted-proxy: {exc}")
     if args.cluster is not None:
         if not args.cluster.startswith(("redis://", "rediss://", "unix://")):
             parser.error("--cluster must be a redis://HOST:PORT/DB URL")
@@ -479,6 +493,7 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         ai_think_seconds=args.ai_think_seconds,
         route_resumes=not args.no_resume_routing,
         allowed_origins=tuple(args.allowed_origin),
+        trusted_proxies=tuple(args.trusted_proxy),
         max_connections=args.max_connections or None,
         max_message_rate=args.max_message_rate,
         message_burst=args.message_burst,
