@@ -113,6 +113,15 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return {'ok', ARGV[2]}
 """
 
+# KEYS[1] the node's lease; ARGV: its incarnation. A node leaving gives its name back at
+# once (the next start under that name need not wait out the TTL).
+LEAVE = """
+if redis.call('HGET', KEYS[1], 'incarnation') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 # KEYS[1] the room; ARGV: claiming node, its incarnation, lease prefix, rooms-of prefix.
 # Keeps the current owner while its lease lives; otherwise the claimer takes the room and
 # the fence goes up. A claimer without a live lease of its own gets nothing (it is

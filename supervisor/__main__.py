@@ -16,7 +16,7 @@ from supervisor.cli import config_from_args
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("status", "reload"):
+    if args and args[0] in ("status", "reload", "drain"):
         return command(args[0], args[1:])
     config = config_from_args(args)
     return trio.run(Supervisor(config).run)

@@ -195,7 +195,11 @@ class Supervisor:
                     nursery.start_soon(self._placement_timer)
                     nursery.start_soon(self._park_loop)
                     nursery.start_soon(
-                        control_socket.serve, control_sock, self.status, self.request_reload
+                        control_socket.serve,
+                        control_sock,
+                        self.status,
+                        self.request_reload,
+                        self.request_drain,
                     )
                     if self.config.metrics_port is not None:
                         await nursery.start(metrics.serve, self)
@@ -359,6 +363,8 @@ class Supervisor:
             for handle in handles:
                 await handle.exited.wait()
         self._kill_remaining("drain timeout")
+        if self.cluster is not None:
+            await self.cluster.leave()  # the name is free for this node's next start
         log("shutdown_done", shards=len(handles))
         self._stopped.set()
 
@@ -425,6 +431,15 @@ class Supervisor:
         busy = self.rolling or self.stopping
         self.handle_hup()
         return {"reload": "busy" if busy else "started"}
+
+    def request_drain(self) -> dict[str, object]:
+        """``python -m supervisor drain``: the same as SIGTERM - in cluster mode the node
+        leaves (its players move to other nodes), then exits."""
+        busy = self.stopping
+        if not busy:
+            log("signal", sig="drain", pid=os.getpid())
+            self._nursery.start_soon(self.handle_stop)
+        return {"drain": "busy" if busy else "started"}
 
     def handle_hup(self) -> None:
         """Rolling restart: replace every shard, one at a time, with a fresh interpreter."""

@@ -66,6 +66,7 @@ class ClusterNode:
         self.epoch = 0.0
         self.epoch_text = ""  # as Redis holds it: what every renewal checks
         self.renewals = 0
+        self.left = False  # leave() ran: never renew again
         self.reachable = False
         self.rtt_ms: float | None = None  # last renewal's round trip
         self.fenced = True  # until the first renewal
@@ -83,6 +84,7 @@ class ClusterNode:
         self._publish: Any = None
         self._sync: Any = None
         self._find: Any = None
+        self._leave: Any = None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, ``join``, report started, then keep the lease until cancelled."""
@@ -101,6 +103,7 @@ class ClusterNode:
                 self._publish = redis.register_script(cluster.PUBLISH)
                 self._sync = redis.register_script(cluster.SYNC_SESSIONS)
                 self._find = redis.register_script(cluster.TAKE_SESSION)
+                self._leave = redis.register_script(cluster.LEAVE)
                 try:
                     await self.join()
                 except (ClusterRefused, ClusterUnavailable) as exc:
@@ -135,6 +138,22 @@ class ClusterNode:
                 keys=[cluster.SAYS_KEY, cluster.SAYS_COUNT_KEY], args=[entry, cluster.SAYS_KEPT]
             ),
         )
+
+    async def leave(self) -> None:
+        """Give this node's name back (its lease), after its shards stopped. Renewals stop
+        with the process; a failure here only means the name frees after the TTL."""
+        try:
+            await self.call(
+                "leave",
+                lambda r: self._leave(keys=[cluster.lease_key(self.node)], args=[self.incarnation]),
+            )
+        except ClusterUnavailable as exc:
+            log("cluster_leave_failed", node=self.node, error=str(exc)[:200])
+            return
+        self.lease.valid_until = float("-inf")
+        self.fenced = True
+        self.left = True
+        log("cluster_left", node=self.node)
 
     async def sync_sessions(self, args: list[str]) -> None:
         """Record a batch of session starts and ends (``SYNC_SESSIONS``' ARGV)."""
@@ -237,7 +256,7 @@ class ClusterNode:
 
     async def keep_lease(self) -> None:
         """Renew every ``LEASE_RENEW_S`` until cancelled; fence and unfence on the way."""
-        while True:
+        while not self.left:
             try:
                 status = await self.renew()
             except ClusterUnavailable as exc:

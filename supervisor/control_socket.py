@@ -48,6 +48,7 @@ async def serve(
     sock: socket.socket,
     status: Callable[[], dict[str, Any]],
     reload: Callable[[], dict[str, Any]],
+    drain: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
@@ -65,8 +66,10 @@ async def serve(
                 reply = status()
             elif command == "reload":
                 reply = reload()
+            elif command == "drain" and drain is not None:
+                reply = drain()
             else:
-                reply = {"error": f"unknown command {command!r}; use status or reload"}
+                reply = {"error": f"unknown command {command!r}; use status, reload or drain"}
             log("control_command", command=command[:20])
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
