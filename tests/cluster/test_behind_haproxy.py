@@ -82,7 +82,8 @@ async def open_haproxy(backends: dict[str, int]) -> AsyncIterator[str]:
 
 class Crowd:
     """Reconnecting players through one URL: each echoes a counter every 20 ms, player 0
-    also says something every 100 ms; everything each one receives is counted."""
+    also says something every 100 ms once every player is in (an echo came back to each);
+    everything each one receives is counted."""
 
     def __init__(self, url: str, players: int) -> None:
         self.url = url
@@ -129,6 +130,7 @@ class Crowd:
         async with trio.open_nursery() as nursery:
             clients = [await nursery.start(player, i) for i in range(self.players)]
             self.stop = trio.Event()
+            everyone_in = trio.Event()
 
             async def traffic() -> None:
                 n = 0
@@ -137,7 +139,7 @@ class Crowd:
                     for i, client in enumerate(clients):
                         await client.send({"type": "echo", "data": n})
                         self.sent[i] = n
-                    if n % 5 == 0:
+                    if n % 5 == 0 and everyone_in.is_set():  # a say is for who is there
                         self.says += 1
                         await clients[0].send({"type": "say", "text": f"say-{self.says}"})
                     await trio.sleep(0.02)
@@ -146,6 +148,7 @@ class Crowd:
             with trio.fail_after(20):  # every player in, through the balancer
                 while sum(1 for e in self.echoes if e) < self.players:
                     await trio.sleep(0.05)
+            everyone_in.set()
             task_status.started()
 
     async def settle(self) -> None:
