@@ -42,6 +42,22 @@ def parse_ws_url(url: str) -> tuple[str, int, str]:
     return parts.hostname, parts.port or 80, path
 
 
+async def first_line(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``request`` over a fresh connection to 127.0.0.1:``port``; the first line of
+    the answer (without CRLF; what arrived if the peer closed first)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        answer = b""
+        with trio.fail_after(timeout):
+            while b"\r\n" not in answer:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
 def handshake_request(
     host: str, port: int, path: str = "/", headers: tuple[str, ...] = ()
 ) -> bytes:

@@ -21,6 +21,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from lab.rawws import first_line
+
 REDIS_SERVER = "redis-server"
 
 
@@ -87,21 +89,11 @@ class RedisServer:
     async def query(self, *args: str) -> bytes:
         """One command over a fresh connection (RESP); the raw first reply line, e.g.
         ``b":1"`` - for tests that look at what the cluster keeps."""
-        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
-        async with stream:
-            parts = [f"*{len(args)}\r\n".encode()]
-            for arg in args:
-                data = arg.encode()
-                parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-            await stream.send_all(b"".join(parts))
-            reply = b""
-            with trio.fail_after(5):
-                while b"\r\n" not in reply:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
-                        break
-                    reply += chunk
-        return reply.split(b"\r\n", 1)[0]
+        parts = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            data = arg.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return await first_line(self.port, b"".join(parts), timeout=5)
 
     def kill(self) -> None:
         """SIGKILL, as a crash; waits for the pid to be reaped."""

@@ -34,6 +34,35 @@ from core.cluster import ClusterRefused, ClusterUnavailable
 from shards.log import log
 
 REDIS_TIMEOUT_S = 2.0  # bound of one Redis call (a partition must not hang a claim)
+RETRY_FIRST_S = 0.05  # a loop that needs Redis retries after this, doubling...
+RETRY_MAX_S = 2.0  # ...up to this
+
+
+class Outage:
+    """The failures of one loop that needs Redis (a reader, a writer): ``failed`` backs
+    off (RETRY_FIRST_S doubling to RETRY_MAX_S) and logs ``cluster_<what>_failed`` once
+    per outage, ``ok`` logs ``cluster_<what>_recovered`` (with ``away_s``) once after it
+    and resets the delay. Retries in between are not logged."""
+
+    def __init__(self, what: str, node: str) -> None:
+        self.what = what
+        self.node = node
+        self.delay = RETRY_FIRST_S
+        self.since: float | None = None
+
+    async def failed(self, exc: Exception) -> None:
+        if self.since is None:
+            self.since = trio.current_time()
+            log(f"cluster_{self.what}_failed", node=self.node, error=str(exc)[:200])
+        await trio.sleep(self.delay)
+        self.delay = min(self.delay * 2, RETRY_MAX_S)
+
+    def ok(self, **fields: object) -> None:
+        if self.since is not None:
+            away = trio.current_time() - self.since
+            log(f"cluster_{self.what}_recovered", node=self.node, away_s=away, **fields)
+            self.since = None
+        self.delay = RETRY_FIRST_S
 
 
 @dataclass(frozen=True)
@@ -184,16 +213,17 @@ class ClusterNode:
             ),
         )
 
-    async def end_of(self, stream: str) -> str:
-        """The id of ``stream``'s newest entry ("0-0" when empty): read from there on."""
-        delay = 0.05
+    async def newest(self, stream: str, what: str) -> Any:
+        """``stream``'s newest entry (None when empty), retried until Redis answers."""
+        outage = Outage(what, self.node)
         while True:
             try:
-                newest = await self.call("stream", lambda r: r.xrevrange(stream, "+", "-", count=1))
-                return _text(newest[0].identifier) if newest else "0-0"
-            except ClusterUnavailable:
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                newest = await self.call(what, lambda r: r.xrevrange(stream, "+", "-", count=1))
+            except ClusterUnavailable as exc:
+                await outage.failed(exc)
+                continue
+            outage.ok()
+            return newest[0] if newest else None
 
     async def join(self) -> None:
         await self.call(
@@ -371,5 +401,6 @@ class ClusterNode:
         }
 
 
-def _text(value: str | bytes) -> str:
+def text(value: str | bytes) -> str:
+    """A Redis reply as text (coredis hands out bytes or str by the connection's setting)."""
     return value.decode() if isinstance(value, bytes) else value

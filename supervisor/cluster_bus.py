@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import trio
@@ -33,14 +33,10 @@ from core import cluster
 from core.cluster import ClusterUnavailable
 from core.control import Broadcast
 from shards.log import log
-
-if TYPE_CHECKING:
-    from supervisor.cluster import ClusterNode
+from supervisor.cluster import ClusterNode, Outage, text
 
 READ_BLOCK_MS = 1000  # one XREAD waits this long for new entries
 READ_COUNT = 512  # entries per XREAD at most
-RETRY_FIRST_S = 0.05
-RETRY_MAX_S = 2.0
 DEFAULT_BUDGET = 8 * 1024 * 1024
 
 
@@ -112,23 +108,13 @@ class BroadcastBus:
             task_status.started()
 
     async def _end_of_stream(self) -> tuple[str, int]:
-        delay = RETRY_FIRST_S
-        while True:
-            try:
-                newest = await self.node.call(
-                    "says", lambda r: r.xrevrange(cluster.SAYS_KEY, "+", "-", count=1)
-                )
-                if not newest:
-                    return "0-0", 0
-                entry = newest[0]
-                return _text(entry.identifier), int(_text(entry.field_values["n"]))
-            except ClusterUnavailable:
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+        entry = await self.node.newest(cluster.SAYS_KEY, "read")
+        if entry is None:
+            return "0-0", 0
+        return text(entry.identifier), int(text(entry.field_values["n"]))
 
     async def _publisher(self) -> None:
-        failing = False
-        delay = RETRY_FIRST_S
+        outage = Outage("publish", self.node.node)
         while True:
             if not self._queue:
                 self._wakeup = trio.Event()
@@ -138,23 +124,15 @@ class BroadcastBus:
             try:
                 await self.node.publish(entry)
             except ClusterUnavailable as exc:
-                if not failing:
-                    failing = True
-                    log("cluster_publish_failed", node=self.node.node, error=str(exc)[:200])
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                await outage.failed(exc)
                 continue
-            if failing:
-                failing = False
-                log("cluster_publish_recovered", node=self.node.node, queued=len(self._queue))
-            delay = RETRY_FIRST_S
+            outage.ok(queued=len(self._queue))
             self._queue.popleft()
             self.queued_bytes -= len(entry)
             self.published += 1
 
     async def _reader(self) -> None:
-        delay = RETRY_FIRST_S
-        failed_at: float | None = None
+        outage = Outage("read", self.node.node)
         while True:
             try:
                 found = await self.node.call(
@@ -165,27 +143,15 @@ class BroadcastBus:
                     timeout=READ_BLOCK_MS / 1000 + 2.0,
                 )
             except ClusterUnavailable as exc:
-                if failed_at is None:
-                    failed_at = trio.current_time()
-                    log("cluster_read_failed", node=self.node.node, error=str(exc)[:200])
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                await outage.failed(exc)
                 continue
-            if failed_at is not None:
-                log(
-                    "cluster_read_resumed",
-                    node=self.node.node,
-                    after_id=self.last_id,
-                    away_s=trio.current_time() - failed_at,
-                )
-                failed_at = None
-            delay = RETRY_FIRST_S
+            outage.ok(after_id=self.last_id)
             for entries in (found or {}).values():
                 for entry in entries:
                     self._deliver(entry)
 
     def _deliver(self, entry: Any) -> None:
-        n = int(_text(entry.field_values["n"]))
+        n = int(text(entry.field_values["n"]))
         if n > self.last_n + 1 and self.last_n:
             missed = n - self.last_n - 1
             self.count("cluster_broadcast_gap", missed)
@@ -193,10 +159,10 @@ class BroadcastBus:
         elif n <= self.last_n:
             # Redis lost the stream (restarted without persistence): numbering restarts.
             log("cluster_stream_reset", node=self.node.node, last_n=self.last_n, n=n)
-        self.last_id = _text(entry.identifier)
+        self.last_id = text(entry.identifier)
         self.last_n = n
         try:
-            item = _decode(_text(entry.field_values["b"]))
+            item = _decode(text(entry.field_values["b"]))
         except msgspec.DecodeError as exc:
             log("cluster_broadcast_unreadable", node=self.node.node, n=n, error=str(exc)[:200])
             return
@@ -214,7 +180,3 @@ class BroadcastBus:
             "queued": len(self._queue),
             "queued_bytes": self.queued_bytes,
         }
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import msgspec
 import trio
@@ -34,16 +33,12 @@ from core.cluster import ClusterUnavailable
 from core.control import Fetch, Handoff
 from core.session import ReplayEntry, SessionSnapshot, SnapshotBatch
 from shards.log import log
-
-if TYPE_CHECKING:
-    from supervisor.cluster import ClusterNode
-    from supervisor.cluster_bus import BroadcastBus
+from supervisor.cluster import ClusterNode, Outage, text
+from supervisor.cluster_bus import BroadcastBus
 
 SYNC_BATCH = 500  # session starts/ends/checkpoints per Redis call...
 SYNC_BYTES = 1024 * 1024  # ...and at most about this many bytes of checkpoints
 CHECKPOINT_BUDGET = 64 * 1024 * 1024  # checkpoint bytes queued while Redis does not answer
-RETRY_FIRST_S = 0.05
-RETRY_MAX_S = 2.0
 READ_BLOCK_MS = 1000
 
 
@@ -154,8 +149,7 @@ class ClusterSessions:
         self._wakeup.set()
 
     async def _sync(self) -> None:
-        failing = False
-        delay = RETRY_FIRST_S
+        outage = Outage("sync", self.node.node)
         while True:
             if not self._ops:
                 self._wakeup = trio.Event()
@@ -178,16 +172,9 @@ class ClusterSessions:
             try:
                 await self.node.sync_sessions(args)
             except ClusterUnavailable as exc:
-                if not failing:
-                    failing = True
-                    log("cluster_sync_failed", node=self.node.node, error=str(exc)[:200])
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                await outage.failed(exc)
                 continue
-            if failing:
-                failing = False
-                log("cluster_sync_recovered", node=self.node.node, queued=len(self._ops))
-            delay = RETRY_FIRST_S
+            outage.ok(queued=len(self._ops))
             for _ in batch:
                 self._ops.popleft()
             self._ops_bytes -= size
@@ -292,7 +279,8 @@ class ClusterSessions:
 
     # ------------------------------------------------------------------ the inbox
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._inbox_id = await self.node.end_of(cluster.inbox_key(self.node.node))
+        newest = await self.node.newest(cluster.inbox_key(self.node.node), "inbox")
+        self._inbox_id = "0-0" if newest is None else text(newest.identifier)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sync)
             nursery.start_soon(self._read_inbox, nursery)
@@ -300,7 +288,7 @@ class ClusterSessions:
 
     async def _read_inbox(self, nursery: trio.Nursery) -> None:
         key = cluster.inbox_key(self.node.node)
-        delay = RETRY_FIRST_S
+        outage = Outage("inbox", self.node.node)
         while True:
             try:
                 found = await self.node.call(
@@ -308,16 +296,15 @@ class ClusterSessions:
                     lambda r: r.xread({key: self._inbox_id}, count=256, block=READ_BLOCK_MS),
                     timeout=READ_BLOCK_MS / 1000 + 2.0,
                 )
-            except ClusterUnavailable:
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+            except ClusterUnavailable as exc:
+                await outage.failed(exc)
                 continue
-            delay = RETRY_FIRST_S
+            outage.ok()
             for entries in (found or {}).values():
                 for entry in entries:
-                    self._inbox_id = _text(entry.identifier)
+                    self._inbox_id = text(entry.identifier)
                     try:
-                        message = _decode(_text(entry.field_values["m"]))
+                        message = _decode(text(entry.field_values["m"]))
                     except msgspec.DecodeError as exc:
                         log("cluster_inbox_unreadable", node=self.node.node, error=str(exc))
                         continue
@@ -338,7 +325,3 @@ class ClusterSessions:
             "recovered": self.recovered,
             "checkpoints_dropped": self.dropped,
         }
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -22,7 +22,7 @@ import trio
 from core.close_codes import CloseCode
 from core.cluster import LEASE_TTL_S
 from lab.netcut import CuttingProxy
-from lab.rawws import Closed, RawClient, handshake_request
+from lab.rawws import Closed, RawClient, first_line, handshake_request
 from lab.redis import RedisServer, free_port, open_redis, redis_available
 from lab.server import ROOT, ServerProcess, kill_tree, open_server
 
@@ -242,17 +242,7 @@ async def test_a_node_cut_off_from_redis_stops_serving_its_rooms_before_another_
 
 async def upgrade_status(port: int, path: str) -> bytes:
     """The status line an upgrade request for ``path`` is answered with."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(handshake_request("127.0.0.1", port, path))
-        head = b""
-        with trio.fail_after(10):
-            while b"\r\n" not in head:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    break
-                head += chunk
-    return head.split(b"\r\n")[0]
+    return await first_line(port, handshake_request("127.0.0.1", port, path))
 
 
 async def test_the_reconnecting_client_follows_a_redirect_to_the_rooms_owner_at_once() -> None:

@@ -77,7 +77,7 @@ async def test_says_from_every_node_reach_every_player_once_in_one_order() -> No
                 await c.log.wait_for("cluster_read_failed", node="c", timeout=10)
                 assert not c.log.events("lease_lost")
                 proxy.blackhole(False)
-                await c.log.wait_for("cluster_read_resumed", node="c", timeout=10)
+                await c.log.wait_for("cluster_read_recovered", node="c", timeout=10)
                 # c's players get every one, once, in a's order, after the heal.
                 for player in players[4:]:
                     assert await said_texts(player, len(later)) == on_a
