@@ -215,6 +215,12 @@ return {'checkpoint', blob}
 """
 
 
+def fetch_wait(fetch_timeout: float) -> float:
+    """How long a resume may wait for a session held by another node: the holder's answer
+    (``--fetch-timeout``), or, if it died, until its lease has run out."""
+    return fetch_timeout + LEASE_TTL_S
+
+
 def secret_fingerprint(key: bytes) -> str:
     """What every node compares to know it signs tokens with the cluster's key; it
     reveals nothing of the key (HMAC-SHA256 of a fixed text, hex)."""

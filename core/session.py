@@ -88,6 +88,8 @@ class SessionSnapshot(msgspec.Struct, kw_only=True):
     token_confirmed: bool = True
     buffer_bytes: int = DEFAULT_REPLAY_BYTES
     peer: str = ""
+    # Restored from a checkpoint: its last_seq then (see Session.from_checkpoint).
+    checkpoint_seq: int | None = None
 
 
 class SnapshotBatch(msgspec.Struct, kw_only=True):
@@ -118,6 +120,7 @@ class Session:
         "room",
         "token_confirmed",
         "peer",
+        "checkpoint_seq",
         "_buffer",
         "_buffer_bytes",
         "max_buffer_bytes",
@@ -150,6 +153,10 @@ class Session:
         self.token_confirmed = True  # the client has shown it holds the current token
         self.peer = peer  # the client's address when it connected (per-address caps)
         self._buffer: deque[tuple[int, bytes]] = deque()
+        # Set when restored from a crashed holder's checkpoint: the last seq the checkpoint
+        # had. Messages numbered after it were recorded since the crash (its client has
+        # not seen them, whatever their seq says); see ``recover``.
+        self.checkpoint_seq: int | None = None
         self._buffer_bytes = 0
         self.max_buffer_bytes = buffer_bytes
         self._maxlen = buffer_size
@@ -268,10 +275,29 @@ class Session:
         self.state = SessionState.CONNECTED
         self.away_since = None
         self.away_reason = None
-        replay = [entry for entry in self._buffer if entry[0] > last_seq]
-        if last_seq > self.last_seq:
-            self.last_seq = last_seq
+        boundary = self.checkpoint_seq
+        if boundary is not None and last_seq > boundary:
+            # The client saw messages the dead holder sent after its checkpoint; what was
+            # recorded here since the crash reused those numbers but is new to the client:
+            # renumber it after the client's last_seq instead of skipping it.
+            old = [e for e in self._buffer if e[0] <= boundary]
+            since = [e for e in self._buffer if e[0] > boundary]
+            renumbered = [(last_seq + i, body) for i, (_, body) in enumerate(since, 1)]
+            self._buffer = deque(old + renumbered)
+            self.last_seq = last_seq + len(since)
+            replay = renumbered
+        else:
+            replay = [entry for entry in self._buffer if entry[0] > last_seq]
+            if last_seq > self.last_seq:
+                self.last_seq = last_seq
+        self.checkpoint_seq = None
         return ResumePlan(replay=replay, gap=True)
+
+    def from_checkpoint(self) -> None:
+        """Mark this session as restored from a crashed holder's checkpoint (before it
+        records anything more): ``recover`` then knows which messages came after."""
+        if self.checkpoint_seq is None:
+            self.checkpoint_seq = self.last_seq
 
     def expire(self, now: float) -> None:
         if not self.expired(now):
@@ -322,6 +348,7 @@ class Session:
             room=self.room,
             token_confirmed=self.token_confirmed,
             peer=self.peer,
+            checkpoint_seq=self.checkpoint_seq,
         )
 
     @classmethod
@@ -342,6 +369,7 @@ class Session:
         s.away_since = snap.away_since
         s.away_reason = snap.away_reason
         s.token_confirmed = snap.token_confirmed
+        s.checkpoint_seq = snap.checkpoint_seq
         for entry in snap.buffer:
             body = bodies[entry.body]
             s._buffer.append((entry.seq, body))

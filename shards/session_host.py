@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from core.close_codes import CloseCode, Disconnect, DisconnectKind
+from core.cluster import fetch_wait
 from core.control import (
     FRAME_BUDGET,
     Adopt,
@@ -566,7 +567,10 @@ class SessionHost:
             Fetch(request=request, shard=self.shard_index, session=session_id, epoch=epoch)
         )
         try:
-            with trio.move_on_after(self.config.fetch_timeout):
+            wait = self.config.fetch_timeout
+            if self.config.cluster is not None:
+                wait = fetch_wait(wait)  # another node's holder may have died: its lease
+            with trio.move_on_after(wait):
                 await pending.done.wait()
         finally:
             self._fetches.pop(request, None)

@@ -182,7 +182,10 @@ class ClusterSessions:
     # ------------------------------------------------------------------ moving one
     async def fetch(self, fetch: Fetch) -> Handoff | None:
         """The session from the node holding it, or None (nobody holds it, this node does,
-        or the holder did not answer within the fetch timeout; logged)."""
+        or the holder did not answer in time; logged). A holder that does not answer
+        within a second is looked up again every second: once its lease is gone (it died)
+        the session comes from its checkpoint. Bounded by ``fetch_timeout`` + the lease
+        TTL (``cluster.fetch_wait``), which the requesting shard waits for."""
         try:
             kind, holder = await self.node.take_session(fetch.session)
         except ClusterUnavailable as exc:
@@ -202,11 +205,21 @@ class ClusterSessions:
             session=fetch.session,
             epoch=fetch.epoch,
         )
+        # Leave the requesting shard time to hear the answer within its own wait.
+        deadline = trio.current_time() + cluster.fetch_wait(self.fetch_timeout) - 0.5
         try:
             await self.node.post(holder, _encode(ask))
-            # Leave the requesting shard time to hear the answer within its own timeout.
-            with trio.move_on_after(max(0.5, self.fetch_timeout - 0.5)):
-                await reply.done.wait()
+            while reply.value is None and trio.current_time() < deadline:
+                with trio.move_on_at(min(deadline, trio.current_time() + 1.0)):
+                    await reply.done.wait()
+                if reply.value is not None:
+                    break
+                # No answer yet: the holder may have died (then its lease runs out).
+                kind, value = await self.node.take_session(fetch.session)
+                if kind == "checkpoint":
+                    return self._recover(fetch, value)
+                if kind != "live":
+                    return None  # it ended meanwhile
         except ClusterUnavailable as exc:
             log("cluster_fetch_failed", session=fetch.session, holder=holder, error=str(exc))
             return None
@@ -215,12 +228,7 @@ class ClusterSessions:
         answer = reply.value
         if answer is None or answer.handoff is None:
             log("cluster_fetch_timeout", session=fetch.session, holder=holder)
-            # The holder may have died meanwhile (no answer): its lease may be gone now.
-            try:
-                kind, value = await self.node.take_session(fetch.session)
-            except ClusterUnavailable:
-                return None
-            return self._recover(fetch, value) if kind == "checkpoint" else None
+            return None
         handoff = answer.handoff
         log(
             "cluster_handoff_in",
@@ -244,10 +252,15 @@ class ClusterSessions:
             return None
         self.recovered += 1
         log("cluster_session_recovered", session=fetch.session, applied_n=stored.applied_n)
+        # What the new holder records from here on came after the checkpoint (recover).
+        snaps = [
+            msgspec.structs.replace(s, checkpoint_seq=s.last_seq) if s.checkpoint_seq is None else s
+            for s in stored.batch.sessions
+        ]
         return Handoff(
             request=fetch.request,
             session=fetch.session,
-            batch=stored.batch,
+            batch=msgspec.structs.replace(stored.batch, sessions=snaps),
             applied_bseq=max(0, stored.applied_n - self.bus.offset),
             recovered=True,
         )

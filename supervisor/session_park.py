@@ -155,6 +155,7 @@ class SessionPark:
             if sid not in held_here:
                 continue  # moved to another shard after this checkpoint
             session = Session.restore(checkpoint.snapshot, checkpoint.bodies)
+            session.from_checkpoint()
             self._catch_up(session, checkpoint.applied_bseq)
             self._parked[sid] = session
             heapq.heappush(self._deadlines, (now + self.grace, sid))
@@ -200,6 +201,7 @@ class SessionPark:
                 return None
             del self._checkpoints[session_id]
             session = Session.restore(checkpoint.snapshot, checkpoint.bodies)
+            session.from_checkpoint()
             self._catch_up(session, checkpoint.applied_bseq)
         exact = exact and session_id not in self._gaps
         self._gaps.discard(session_id)

@@ -111,17 +111,13 @@ async def test_the_players_of_a_node_that_dies_resume_elsewhere_from_its_checkpo
             kill_tree(a.pid, a.all_pids())  # the machine dies
             await talker.send({"type": "say", "text": "while a is dead"})
             await talker.receive_until("said", text="while a is dead")
-            # As soon as a's lease is gone (at most 5 s) the session is b's to take.
-            with trio.fail_after(LEASE_TTL_S + 10):
-                while True:
-                    again, back = await RawClient.open(b.port, resume_path(welcome, 2))
-                    assert back is not None
-                    if back["resumed"]:
-                        break
-                    assert back.get("resume_error"), back
-                    await again.aclose()  # a's lease still ran: its session was not free yet
-                    await trio.sleep(0.2)
+            # Right away: b asks a, gets no answer, and takes the checkpoint as soon as a's
+            # lease is gone (at most 5 s) - within the one resume, no retry needed.
+            started = trio.current_time()
+            again, back = await RawClient.open(b.port, resume_path(welcome, 2))
+            assert back is not None
             assert back["session"] == welcome["session"] and back["recovered"] is True, back
+            assert trio.current_time() - started <= LEASE_TTL_S + 2
             said = await again.receive_until("said", text="while a is dead", timeout=10)
             assert said["seq"] > 2
             assert (await again.echo(3))["data"] == 3

@@ -477,6 +477,25 @@ def test_recover_accepts_a_client_slightly_ahead_of_the_checkpoint() -> None:
     assert session.record(said(14)) == 14  # seq continues after what the client saw
 
 
+def test_recover_renumbers_what_was_recorded_since_the_checkpoint_after_the_clients_seq() -> None:
+    """The dead holder sent 11..13 after its checkpoint at 10 (the client saw them, the
+    checkpoint does not know them); two says recorded since the crash were numbered 11,
+    12 here. They are new to the client: replayed as 14, 15, not skipped."""
+    session = filled(10)
+    session.from_checkpoint()
+    session.away("abnormal", T0)
+    assert session.record(said(100)) == 11
+    assert session.record(said(101)) == 12
+    restored = Session.restore(*_one(session))  # it may travel before its player is back
+    plan = restored.recover(0, 13, T0 + 1)
+    assert plan.gap is True
+    assert plan.replay == [(14, said(100)), (15, said(101))]
+    assert restored.last_seq == 15 and restored.checkpoint_seq is None
+    assert restored.record(said(102)) == 16
+    # A later resume replays from the renumbered buffer.
+    assert restored.resume(0, 14, T0 + 2).replay == [(15, said(101)), (16, said(102))]
+
+
 def test_recover_replays_what_the_checkpoint_holds_after_last_seq_and_reports_a_gap() -> None:
     session = filled(10)
     plan = session.recover(0, 7, T0)
@@ -824,3 +843,8 @@ def test_replay_matches_a_model(buffer_size: int, buffer_bytes: int, data: st.Da
         assert session.last_seq == len(model)
         assert session.buffered == held
         assert session.buffered_bytes == sum(cost(b) for b in model[len(model) - held :])
+
+
+def _one(session: Session) -> tuple[SessionSnapshot, list[bytes]]:
+    table: list[bytes] = []
+    return session.snapshot({}, table), table
