@@ -294,8 +294,10 @@ class Session:
         return ResumePlan(replay=replay, gap=True)
 
     def from_checkpoint(self) -> None:
-        """Mark this session as restored from a crashed holder's checkpoint (before it
-        records anything more): ``recover`` then knows which messages came after."""
+        """Mark this session, restored from a crashed holder's checkpoint, at the moment
+        of that holder's death: what it records from now on the dead holder cannot have
+        sent, so ``recover`` renumbers it after the client's last_seq instead of skipping
+        what the client's seq seems to cover."""
         if self.checkpoint_seq is None:
             self.checkpoint_seq = self.last_seq
 

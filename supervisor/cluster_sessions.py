@@ -252,15 +252,15 @@ class ClusterSessions:
             return None
         self.recovered += 1
         log("cluster_session_recovered", session=fetch.session, applied_n=stored.applied_n)
-        # What the new holder records from here on came after the checkpoint (recover).
-        snaps = [
-            msgspec.structs.replace(s, checkpoint_seq=s.last_seq) if s.checkpoint_seq is None else s
-            for s in stored.batch.sessions
-        ]
+        # Unlike a shard's death seen by its supervisor, when that node died is not known
+        # here: the says the new holder catches up may have been delivered by it, so a
+        # resume skips those its client's last_seq may cover (no boundary is set; the
+        # resume reports replay_gap). Says made while the node was already dead but its
+        # lease still ran can be among them: the cost of not knowing the moment of death.
         return Handoff(
             request=fetch.request,
             session=fetch.session,
-            batch=msgspec.structs.replace(stored.batch, sessions=snaps),
+            batch=stored.batch,
             applied_bseq=max(0, stored.applied_n - self.bus.offset),
             recovered=True,
         )

@@ -155,8 +155,11 @@ class SessionPark:
             if sid not in held_here:
                 continue  # moved to another shard after this checkpoint
             session = Session.restore(checkpoint.snapshot, checkpoint.bodies)
-            session.from_checkpoint()
             self._catch_up(session, checkpoint.applied_bseq)
+            # The dead shard may have delivered what was numbered before its death (its
+            # client's last_seq says how much it saw); every broadcast from here on it
+            # cannot have: a resume renumbers those after the client's last_seq.
+            session.from_checkpoint()
             self._parked[sid] = session
             heapq.heappush(self._deadlines, (now + self.grace, sid))
             parked += 1
@@ -201,8 +204,8 @@ class SessionPark:
                 return None
             del self._checkpoints[session_id]
             session = Session.restore(checkpoint.snapshot, checkpoint.bodies)
-            session.from_checkpoint()
             self._catch_up(session, checkpoint.applied_bseq)
+            session.from_checkpoint()
         exact = exact and session_id not in self._gaps
         self._gaps.discard(session_id)
         (batch,) = pack([session], FRAME_BUDGET)

@@ -69,6 +69,38 @@ async def test_says_broadcast_while_a_crashed_shards_players_are_away_are_all_re
             await again.echo("back in business")
 
 
+async def test_says_after_a_crash_reach_a_player_who_saw_more_than_the_checkpoint() -> None:
+    """The player saw messages the shard sent after its last checkpoint (its last_seq is
+    ahead of it); what was said after the crash is still replayed to it, once, in order,
+    numbered after its last_seq - not skipped as if those seqs were already seen."""
+    async with open_server("--checkpoint-interval", "0.5", shards=2) as server:
+        (player, welcome), *_ = await players_on(server.port, 0, 1)
+        (talker, _), *_ = await players_on(server.port, 1, 1)
+        assert welcome is not None
+        for n in range(3):
+            await player.echo(n)
+        await trio.sleep(1.2)  # a checkpoint or two after those
+        # Three more the player sees, then the crash before the next checkpoint (0.5 s).
+        last = 0
+        for n in range(3, 6):
+            last = (await player.echo(n))["seq"]
+        os.kill(server.shard_pids()[0], signal.SIGKILL)
+        await server.log.wait_for("sessions_orphaned", shard=0)
+        for n in range(5):
+            await talker.send({"type": "say", "text": f"after-{n}"})
+            await talker.receive_until("said", text=f"after-{n}")
+        await server.log.wait_for("shard_ready", shard=0, generation=3)
+        again, back = await RawClient.open(server.port, resume_path(welcome, last))
+        assert back is not None and back["recovered"] is True, back
+        texts, seqs = [], []
+        while len(texts) < 5:
+            message = await again.receive_until("said", timeout=10)
+            texts.append(message["text"])
+            seqs.append(message["seq"])
+        assert texts == [f"after-{n}" for n in range(5)]
+        assert seqs == list(range(last + 1, last + 6))
+
+
 async def test_with_the_durable_stream_repeated_kills_lose_and_double_nothing() -> None:
     """--durability stream: shards SIGKILLed again and again under traffic. Every echo a
     client sent is answered exactly once (processed once), every say is seen exactly once
