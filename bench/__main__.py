@@ -23,6 +23,7 @@ SCENARIOS: dict[str, str] = {
     "echo": "echo msgs/s and round-trip p50/p99/p99.9 at 1, 100 and 1000 connections vs peers",
     "broadcast": "one say to N clients vs websockets' broadcast(): last/first receiver, echo wait",
     "storm": "SIGKILL + restart, N reconnecting clients: time until all back, jitter full/none",
+    "cluster": "N nodes on one Redis: kill -9 one node, roll another; sessions/messages lost, time back, say latency, Redis cost",  # noqa: E501
 }
 
 

@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
+from lab.redis import redis_available
 from lab.server import open_server
 from tests.support import open_client
 
@@ -235,6 +237,31 @@ def test_rolling_replaces_every_shard_and_loses_nothing(tmp_path: Path) -> None:
     assert figures["all_shards_replaced"] is True
     assert figures["sessions_lost"] == 0
     assert figures["c2s_lost"] == figures["s2c_lost"] == 0
+
+
+@pytest.mark.skipif(redis_available() is not None, reason=str(redis_available()))
+def test_cluster_kills_and_rolls_a_node_and_reports_each_phase(tmp_path: Path) -> None:
+    doc = run_bench(
+        tmp_path, "cluster", "--nodes", "2", "--players", "8", "--warmup", "2", "--settle", "1"
+    )
+    data, out = doc["data"], doc["_out"]
+    warmup, killed, rolled = data["phases"]
+    assert killed["phase"].startswith("kill -9 n") and rolled["phase"].startswith("roll n"), out
+    # Every player came back after each node went; the roll handed the lobby over whole.
+    for phase in (killed, rolled):
+        assert phase["players_hit"] >= 1 and phase["all_back_s"] is not None, (phase, out)
+    assert rolled["sessions"].get("lobby_lost", 0) == 0, out
+    assert rolled["echoes_doubled"] == 0, out
+    for phase in (warmup, killed, rolled):
+        assert phase["echoes_sent"] > 0 and phase["says_expected"] > 0
+        assert phase["echoes_lost"] == phase["says_lost"] == phase["says_doubled"] == 0, out
+    # What a dead node costs (sessions lost or recovered with a gap) is reported, whatever
+    # it is today.
+    for line in ("sessions lost (new session)", "gone with a lost session", "replay_gap"):
+        assert line in out, out
+    assert data["baseline"]["socket"]["n"] > 0 and "one node without --cluster" in out
+    assert data["redis"]["commands"] > 0 and "redis per player message" in out
+    assert data["rolled"]["exit_code"] == 0, out  # the rolled node left cleanly
 
 
 async def test_echo_broadcast_and_idle_measure_a_running_server_by_url(tmp_path: Path) -> None:
