@@ -73,6 +73,11 @@ def checkpoints_key(node: str) -> str:
     return CHECKPOINTS_PREFIX + node
 
 
+def read_key(node: str) -> str:
+    """The last says-stream entry number ``node`` has read (recorded before delivering)."""
+    return PREFIX + "read:" + node
+
+
 def inbox_key(node: str) -> str:
     return INBOX_PREFIX + node
 
@@ -193,25 +198,26 @@ end
 return done
 """
 
-# KEYS[1] the session's key; ARGV: session id, lease prefix, checkpoints prefix. Where a
-# resume finds the session: {"live", node} while its holder's lease lives; else the
-# holder died and its last checkpoint is taken (deleted: two racing resumes cannot both
-# get it) - {"checkpoint", blob}; else {"none", ""}.
+# KEYS[1] the session's key; ARGV: session id, lease prefix, checkpoints prefix, read
+# prefix. Where a resume finds the session: {"live", node, ""} while its holder's lease
+# lives; else the holder died and its last checkpoint is taken (deleted: two racing
+# resumes cannot both get it) - {"checkpoint", blob, the says entry it had read up to};
+# else {"none", "", ""}.
 TAKE_SESSION = """
 local node = redis.call('GET', KEYS[1])
 if not node then
-  return {'none', ''}
+  return {'none', '', ''}
 end
 if redis.call('EXISTS', ARGV[2] .. node) == 1 then
-  return {'live', node}
+  return {'live', node, ''}
 end
 local blob = redis.call('HGET', ARGV[3] .. node, ARGV[1])
 if not blob then
-  return {'none', ''}
+  return {'none', '', ''}
 end
 redis.call('HDEL', ARGV[3] .. node, ARGV[1])
 redis.call('DEL', KEYS[1])
-return {'checkpoint', blob}
+return {'checkpoint', blob, redis.call('GET', ARGV[4] .. node) or ''}
 """
 
 

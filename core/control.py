@@ -114,6 +114,9 @@ class Handoff(_Control, tag="handoff", kw_only=True):
     error: str | None = None  # "invalid" | "expired" when refused
     recovered: bool = False  # from a checkpoint of a shard that died, not from a live holder
     exact: bool = False  # ...from its journal (--durability stream): resume it as it was
+    # Recovered in cluster mode: the last broadcast (this shard's bseq) the dead node can
+    # have delivered (it had read no further); those after it are new to the client.
+    seen_until_bseq: int | None = None
 
 
 class Drain(_Control, tag="drain", kw_only=True):

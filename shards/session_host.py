@@ -621,7 +621,7 @@ class SessionHost:
                 pending.done.set()
             return
         (arrived,) = unpack(handoff.batch)
-        session = self._arrive(arrived, handoff.applied_bseq)
+        session = self._arrive(arrived, handoff.applied_bseq, seen_until=handoff.seen_until_bseq)
         if handoff.recovered:
             # Its shard crashed. From a checkpoint, what that shard sent after it is unknown:
             # the resume continues after the client's last_seq and reports a gap
@@ -642,9 +642,17 @@ class SessionHost:
         pending.session = session
         pending.done.set()
 
-    def _arrive(self, session: Session, applied_bseq: int, catch_up: bool = True) -> Session:
+    def _arrive(
+        self,
+        session: Session,
+        applied_bseq: int,
+        catch_up: bool = True,
+        seen_until: int | None = None,
+    ) -> Session:
         """Hold a session that comes from another shard, caught up with the broadcasts this
-        shard applied that its old holder had not (or told to skip those it already has)."""
+        shard applied that its old holder had not (or told to skip those it already has).
+        ``seen_until``: a crashed holder cannot have delivered broadcasts after this bseq;
+        the session is marked there (``Session.from_checkpoint``)."""
         now = time.monotonic()
         journal = self.journal
         if journal is not None:
@@ -664,12 +672,16 @@ class SessionHost:
             missing = [(b, body) for b, body in self._blog if b > applied_bseq]
             if not missing or missing[0][0] != applied_bseq + 1:
                 self._gap.add(session.id)
-            for _, body in missing:
+            for bseq, body in missing:
+                if seen_until is not None and bseq > seen_until:
+                    session.from_checkpoint()  # the dead holder had read no further
                 seq = session.record(body)
                 if journal is not None:
                     journal.record(session.id, seq, body)
         elif applied_bseq > self.bseq:
             self._skip_until[session.id] = applied_bseq
+        if seen_until is not None:
+            session.from_checkpoint()  # everything recorded from now on is new to its client
         return session
 
     # ================================================================== crash recovery

@@ -188,17 +188,23 @@ class ClusterNode:
         """Record a batch of session starts and ends (``SYNC_SESSIONS``' ARGV)."""
         await self.call("sessions", lambda r: self._sync(keys=[], args=args))
 
-    async def take_session(self, session: str) -> tuple[str, str]:
-        """Where ``session`` is: ("live", node), ("checkpoint", blob) - its holder died and
-        its last checkpoint is now this caller's alone - or ("none", "")."""
-        kind, value = await self.call(
+    async def take_session(self, session: str) -> tuple[str, str, int | None]:
+        """Where ``session`` is: ("live", node, None); ("checkpoint", blob, n) - its holder
+        died, its last checkpoint is now this caller's alone, and the holder had read the
+        says stream up to entry n (None: unknown); or ("none", "", None)."""
+        kind, value, read = await self.call(
             "find",
             lambda r: self._find(
                 keys=[cluster.session_key(session)],
-                args=[session, cluster.LEASE_PREFIX, cluster.CHECKPOINTS_PREFIX],
+                args=[
+                    session,
+                    cluster.LEASE_PREFIX,
+                    cluster.CHECKPOINTS_PREFIX,
+                    cluster.read_key(""),
+                ],
             ),
         )
-        return str(kind), str(value)
+        return str(kind), str(value), int(read) if read else None
 
     async def post(self, node: str, message: bytes) -> None:
         """Append ``message`` to ``node``'s inbox (trimmed to about ``INBOX_KEPT``)."""

@@ -102,6 +102,7 @@ class BroadcastBus:
         until cancelled."""
         self.last_id, self.last_n = await self._end_of_stream()
         self.offset = self.last_n  # nothing delivered yet: bseq 1 will be entry last_n + 1
+        await self._record_read(self.last_n)  # read so far: nothing after the start
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publisher)
             nursery.start_soon(self._reader)
@@ -146,9 +147,22 @@ class BroadcastBus:
                 await outage.failed(exc)
                 continue
             outage.ok(after_id=self.last_id)
-            for entries in (found or {}).values():
-                for entry in entries:
-                    self._deliver(entry)
+            batch = [entry for entries in (found or {}).values() for entry in entries]
+            if batch:
+                # How far this node has read, recorded before any of it is delivered: if
+                # it dies, nothing after this position can have reached its players, so
+                # their recovered sessions replay those says instead of skipping them.
+                await self._record_read(int(text(batch[-1].field_values["n"])))
+            for entry in batch:
+                self._deliver(entry)
+
+    async def _record_read(self, n: int) -> None:
+        try:
+            await self.node.call("read", lambda r: r.set(cluster.read_key(self.node.node), str(n)))
+        except ClusterUnavailable:
+            # Delivered anyway (says must not wait on this); should the node die before
+            # the next record, its players may get a few of these says twice.
+            log("cluster_read_unrecorded", node=self.node.node, n=n)
 
     def _deliver(self, entry: Any) -> None:
         n = int(text(entry.field_values["n"]))

@@ -187,12 +187,12 @@ class ClusterSessions:
         the session comes from its checkpoint. Bounded by ``fetch_timeout`` + the lease
         TTL (``cluster.fetch_wait``), which the requesting shard waits for."""
         try:
-            kind, holder = await self.node.take_session(fetch.session)
+            kind, holder, read = await self.node.take_session(fetch.session)
         except ClusterUnavailable as exc:
             log("cluster_fetch_failed", session=fetch.session, error=str(exc)[:200])
             return None
         if kind == "checkpoint":
-            return self._recover(fetch, holder)
+            return self._recover(fetch, holder, read)
         if kind != "live" or holder == self.node.node:
             return None
         self._next_request += 1
@@ -215,9 +215,9 @@ class ClusterSessions:
                 if reply.value is not None:
                     break
                 # No answer yet: the holder may have died (then its lease runs out).
-                kind, value = await self.node.take_session(fetch.session)
+                kind, value, read = await self.node.take_session(fetch.session)
                 if kind == "checkpoint":
-                    return self._recover(fetch, value)
+                    return self._recover(fetch, value, read)
                 if kind != "live":
                     return None  # it ended meanwhile
         except ClusterUnavailable as exc:
@@ -242,7 +242,7 @@ class ClusterSessions:
         applied = max(0, answer.applied_n - self.bus.offset)
         return msgspec.structs.replace(handoff, request=fetch.request, applied_bseq=applied)
 
-    def _recover(self, fetch: Fetch, blob: str) -> Handoff | None:
+    def _recover(self, fetch: Fetch, blob: str, read_n: int | None) -> Handoff | None:
         """The session of a node that died, from its last checkpoint (``recovered``: what
         that node sent after it is unknown, the resume reports a gap past it)."""
         try:
@@ -252,16 +252,16 @@ class ClusterSessions:
             return None
         self.recovered += 1
         log("cluster_session_recovered", session=fetch.session, applied_n=stored.applied_n)
-        # Unlike a shard's death seen by its supervisor, when that node died is not known
-        # here: the says the new holder catches up may have been delivered by it, so a
-        # resume skips those its client's last_seq may cover (no boundary is set; the
-        # resume reports replay_gap). Says made while the node was already dead but its
-        # lease still ran can be among them: the cost of not knowing the moment of death.
+        # The dead node had read the says stream up to read_n, recorded before it delivered
+        # any of it: says after that cannot have reached its players, and the new holder
+        # replays them after the client's last_seq (renumbered, never skipped). Unknown
+        # (None): a resume skips what the client's last_seq may cover, reporting the gap.
         return Handoff(
             request=fetch.request,
             session=fetch.session,
             batch=stored.batch,
             applied_bseq=max(0, stored.applied_n - self.bus.offset),
+            seen_until_bseq=None if read_n is None else read_n - self.bus.offset,
             recovered=True,
         )
 
