@@ -130,19 +130,23 @@ class Crowd:
         async with trio.open_nursery() as nursery:
             clients = [await nursery.start(player, i) for i in range(self.players)]
             self.stop = trio.Event()
+            self.traffic_done = trio.Event()
             everyone_in = trio.Event()
 
             async def traffic() -> None:
                 n = 0
-                while not self.stop.is_set():
-                    n += 1
-                    for i, client in enumerate(clients):
-                        await client.send({"type": "echo", "data": n})
-                        self.sent[i] = n
-                    if n % 5 == 0 and everyone_in.is_set():  # a say is for who is there
-                        self.says += 1
-                        await clients[0].send({"type": "say", "text": f"say-{self.says}"})
-                    await trio.sleep(0.02)
+                try:
+                    while not self.stop.is_set():
+                        n += 1
+                        for i, client in enumerate(clients):
+                            await client.send({"type": "echo", "data": n})
+                            self.sent[i] = n
+                        if n % 5 == 0 and everyone_in.is_set():  # a say is for who is there
+                            self.says += 1
+                            await clients[0].send({"type": "say", "text": f"say-{self.says}"})
+                        await trio.sleep(0.02)
+                finally:
+                    self.traffic_done.set()
 
             nursery.start_soon(traffic)
             with trio.fail_after(20):  # every player in, through the balancer
@@ -152,8 +156,11 @@ class Crowd:
             task_status.started()
 
     async def settle(self) -> None:
-        """Stop sending; wait (bounded) until every echo and say sent has arrived."""
+        """Stop sending (and wait until the sender is done: nothing is sent after this);
+        wait (bounded) until every echo and say sent has arrived."""
         self.stop.set()
+        with trio.fail_after(10):
+            await self.traffic_done.wait()
         with trio.move_on_after(30):
             while any(len(e) < s for e, s in zip(self.echoes, self.sent, strict=True)) or any(
                 len(s) < self.says for s in self.said
