@@ -80,6 +80,7 @@ from client import (
 )
 from core.cluster import LEASE_TTL_S, lease_key
 from lab.crowd import ROLL_ARGS
+from lab.netcut import serve_on_a_free_port
 from lab.redis import RedisServer, free_port, open_redis
 from lab.server import SERVER_ROOT, ServerProcess, kill_tree, open_server
 
@@ -133,10 +134,7 @@ class Front:
         self._next = 0
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners)
+        await serve_on_a_free_port(self, self._handle, task_status)
 
     async def _handle(self, client: trio.SocketStream) -> None:
         try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -21,6 +23,19 @@ def _reset(stream: trio.SocketStream) -> None:
     except OSError:
         pass
     stream.socket.close()
+
+
+async def serve_on_a_free_port(
+    owner: Any,
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+    task_status: trio.TaskStatus[int],
+) -> None:
+    """Listen on a free port of 127.0.0.1 (set as ``owner.port`` and reported started),
+    and serve each connection with ``handle`` until cancelled."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    owner.port = listeners[0].socket.getsockname()[1]
+    task_status.started(owner.port)
+    await trio.serve_listeners(handle, listeners)
 
 
 class CuttingProxy:
@@ -35,10 +50,7 @@ class CuttingProxy:
         self._pairs: set[tuple[trio.SocketStream, trio.SocketStream]] = set()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners)
+        await serve_on_a_free_port(self, self._handle, task_status)
 
     async def _handle(self, client: trio.SocketStream) -> None:
         while self.blackholed:

@@ -21,8 +21,8 @@ import pytest
 import trio
 
 from tests.browser.browser import BrowserThread
-from tests.client.test_reconnecting_client import Conn, FakeServer, abort, normal
-from tests.client.test_redirect import AT_ONCE, free_port, owner, redirector, to
+from tests.client.test_reconnecting_client import normal
+from tests.client.test_redirect import AT_ONCE, free_port, owner, redirector, to, two_then_drop
 
 CLIENT_JS = Path(__file__).resolve().parents[2] / "shards" / "web" / "client.js"
 PAGE = """<!doctype html><meta charset="utf-8"><title>redirect</title>
@@ -140,15 +140,6 @@ async def test_redirect_is_followed_at_once_without_backoff_or_counting_a_retry(
 async def test_resume_through_a_redirect_uses_the_clients_own_token_and_last_seq(
     browser: BrowserThread, origin: str
 ) -> None:
-    async def two_then_drop(srv: FakeServer, request: Any, conn: Conn) -> None:
-        ws = await srv.accept(request, conn)
-        session = await srv.welcome(ws, conn)
-        for i in range(2):
-            await srv.push(ws, conn, session, {"type": "said", "text": f"t{i + 1}"})
-        await srv.gate.wait()
-        srv.record(session, {"type": "said", "text": "t3"})  # missed while away
-        await abort(ws)
-
     state: dict[str, Any] = {}
 
     def start(b: Any) -> None:

@@ -224,16 +224,19 @@ async def test_redirect_is_followed_at_once_without_backoff_or_counting_a_retry(
         assert len(w.conns) == 1
 
 
-async def test_resume_through_a_redirect_uses_the_clients_own_token_and_last_seq() -> None:
-    async def two_then_drop(srv: FakeServer, request: Any, conn: Conn) -> None:
-        ws = await srv.accept(request, conn)
-        session = await srv.welcome(ws, conn)
-        for i in range(2):
-            await srv.push(ws, conn, session, {"type": "said", "text": f"t{i + 1}"})
-        await srv.gate.wait()
-        srv.record(session, {"type": "said", "text": "t3"})  # missed while away
-        await abort(ws)
+async def two_then_drop(srv: FakeServer, request: Any, conn: Conn) -> None:
+    """A welcome, two says, then (once ``srv.gate`` opens) a third recorded while the
+    client is away and the link dropped without a close frame."""
+    ws = await srv.accept(request, conn)
+    session = await srv.welcome(ws, conn)
+    for i in range(2):
+        await srv.push(ws, conn, session, {"type": "said", "text": f"t{i + 1}"})
+    await srv.gate.wait()
+    srv.record(session, {"type": "said", "text": "t3"})  # missed while away
+    await abort(ws)
 
+
+async def test_resume_through_a_redirect_uses_the_clients_own_token_and_last_seq() -> None:
     fast = Backoff(base=0.02, cap=0.1, max_retries=1)  # the drop uses the one retry
     async with owner([two_then_drop, normal]) as w:
         # R's redirect URL carries a stale token: the client must not use it.
