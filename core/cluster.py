@@ -95,7 +95,8 @@ def rooms_of_key(node: str) -> str:
 
 
 # KEYS[1] lease of this node, KEYS[2] the node set, KEYS[3] the epoch, KEYS[4] the node's
-# checkpoints; ARGV: name, incarnation, url, ttl ms, the epoch this node joined, grace ms.
+# checkpoints; ARGV: name, incarnation, url, ttl ms, the epoch this node joined, grace ms,
+# connected players (shown in every node's status).
 # The checkpoints outlive the node by the grace window: its players may resume elsewhere
 # until then, and nobody has to clean up after a dead node. Renews only this incarnation's
 # lease (or takes a free one): a second process started with the same --node name while
@@ -111,7 +112,7 @@ local held = redis.call('HGET', KEYS[1], 'incarnation')
 if held and held ~= ARGV[2] then
   return {'taken', held}
 end
-redis.call('HSET', KEYS[1], 'incarnation', ARGV[2], 'url', ARGV[3])
+redis.call('HSET', KEYS[1], 'incarnation', ARGV[2], 'url', ARGV[3], 'players', ARGV[7] or '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[4], ARGV[4] + ARGV[6])
 redis.call('SADD', KEYS[2], ARGV[1])

@@ -109,6 +109,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     # Address the metrics server binds: loopback by default, whatever --host is, because it
     # has no authentication (a public address exposes status, pids and counters to anyone).
     metrics_host: str = "127.0.0.1"
+    # Seconds of per-second samples the supervisor keeps for /dashboard and `top`
+    # (core/history.py): about 1 KB a sample with 8 shards, ~1 MB at the default.
+    history_s: int = 900
     # Room placements (supervisor, core/directory.RoomPlacements). Rooms one client address
     # may have placed and not yet hosted (handshakes in flight); one more gets HTTP 503 +
     # Retry-After: 1. 0 = no cap. Cost: ~200 bytes per address, at most 16,384 addresses.

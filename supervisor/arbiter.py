@@ -60,10 +60,12 @@ from core.directory import (
 )
 from core.handshake import http_response as http_error
 from core.tokens import SecretFileError, load_or_create_secret, share_secret
+from shards import log as shard_log
 from shards.load_table import LoadTable
 from shards.log import log
 from shards.routing import receive_connection, send_connection
 from supervisor import control_socket, metrics
+from supervisor.dashboard_feed import DashboardFeed
 from supervisor.handover import Handover
 from supervisor.relay import BroadcastLog, RelayQueue
 from supervisor.session_park import SessionPark
@@ -164,6 +166,11 @@ class Supervisor:
         self.cluster: ClusterNode | None = None  # cluster mode: this node's membership
         self.bus: BroadcastBus | None = None  # cluster mode: says of every node, in order
         self.remote: ClusterSessions | None = None  # cluster mode: sessions on other nodes
+        self.feed = DashboardFeed(self, config.history_s)  # /dashboard and `top`
+        self._roll_steps = 0  # shards the roll in progress replaces
+        self._roll_done = 0  # of them, replaced so far
+        self._roll_shard: int | None = None  # the slot being replaced now
+        self._step_handover: Handover | None = None  # its hand-off (kept while players return)
 
     # ================================================================== main loop
     async def run(self) -> int:
@@ -185,6 +192,7 @@ class Supervisor:
         self.started_at = trio.current_time()
         self.booted_at = time.time()  # tokens issued before name sessions of an earlier run
         control_sock = control_socket.bind(self.config.control_socket)
+        shard_log.listeners.append(self.feed.on_log)
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async with trio.open_nursery() as nursery:
@@ -194,12 +202,14 @@ class Supervisor:
                     nursery.start_soon(self._signal_loop, sigs)
                     nursery.start_soon(self._placement_timer)
                     nursery.start_soon(self._park_loop)
+                    nursery.start_soon(self.feed.run)
                     nursery.start_soon(
                         control_socket.serve,
                         control_sock,
                         self.status,
                         self.request_reload,
                         self.request_drain,
+                        self.feed.history.snapshot,
                     )
                     if self.config.metrics_port is not None:
                         await nursery.start(metrics.serve, self)
@@ -222,6 +232,7 @@ class Supervisor:
                     await self._stopped.wait()
                     nursery.cancel_scope.cancel()
         finally:
+            shard_log.listeners.remove(self.feed.on_log)
             self.sock.close()
             control_sock.close()
             os.close(self.secret_fd)
@@ -246,6 +257,7 @@ class Supervisor:
             secret,
             grace=config.grace,
             on_fenced=self._fenced,
+            players=self.players,
         )
         try:
             await nursery.start(self.cluster.run)
@@ -417,6 +429,25 @@ class Supervisor:
             **({"cluster": self._cluster_status()} if self.cluster is not None else {}),
         }
 
+    def players(self) -> int:
+        """Connections on this node's shards (as of their last ``Load``)."""
+        return sum(h.load.connections for h in self.processes.values() if h.load is not None)
+
+    def roll_progress(self) -> dict[str, object] | None:
+        """The roll in progress: steps, steps done, the slot being replaced, how many of
+        its players were moved and how many are back. None when no roll runs."""
+        if not self.rolling:
+            return None
+        handover = self._step_handover
+        moved = handover.evacuated if handover is not None else 0
+        return {
+            "steps": self._roll_steps,
+            "done": self._roll_done,
+            "shard": self._roll_shard,
+            "moved": moved,
+            "back": max(0, moved - len(self._returning)) if handover is not None else 0,
+        }
+
     def _cluster_status(self) -> dict[str, object]:
         assert self.cluster is not None
         status = self.cluster.status()
@@ -452,18 +483,24 @@ class Supervisor:
         """Replace shards 0..N-1 in turn; stop safely (old shard kept) on the first failure."""
         self.rolling = True
         started = trio.current_time()
+        self._roll_steps, self._roll_done = len(self.shards), 0
+        self._step_handover = None
         log("roll_start", shards=len(self.shards))
         try:
             for index in sorted(self.shards):
                 if self.stopping:
                     return False
-                if not await self._replace(index):
+                self._roll_shard, self._step_handover = index, None
+                ok = await self._replace(index)
+                self._roll_done += 1
+                if not ok:
                     log("roll_aborted", shard=index, reason="see the line above")
                     return False
             log("roll_done", shards=len(self.shards), duration_s=trio.current_time() - started)
             return True
         finally:
             self.rolling = False
+            self._roll_shard = None
 
     async def _replace(self, index: int) -> bool:
         """One step of a roll: a fresh replacement for slot ``index``, the old shard's
@@ -484,7 +521,7 @@ class Supervisor:
             return True
         old.draining = True
         self._returning.clear()
-        handover = self._handover = Handover(
+        handover = self._handover = self._step_handover = Handover(
             old,
             new,
             self.directory,

@@ -254,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"is: /metrics and /status have no authentication and show pids and counters)",
     )
     p.add_argument(
+        "--history",
+        type=int,
+        default=d.history_s,
+        metavar="S",
+        help=f"seconds of one-a-second samples kept for /dashboard and `python -m supervisor "
+        f"top` (default {d.history_s}: 15 minutes, about 1 KB a sample with 8 shards)",
+    )
+    p.add_argument(
         "--max-pending-rooms-per-address",
         type=int,
         default=d.max_pending_rooms_per_address,
@@ -435,6 +443,8 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         parser.error("--shards must be at least 1")
     if args.replay_buffer < 1:
         parser.error("--replay-buffer must be at least 1")
+    if not 1 <= args.history <= 86400:
+        parser.error("--history must be 1..86400 seconds")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         parser.error("--metrics-port must be 0-65535")
     if args.max_pending_rooms_per_address < 0:
@@ -504,6 +514,7 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         gc_tuning=not args.no_gc_tuning,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        history_s=args.history,
         max_pending_rooms_per_address=args.max_pending_rooms_per_address,
         room_placement_rate=args.room_placement_rate,
         room_placement_burst=args.room_placement_burst,

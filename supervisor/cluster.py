@@ -85,8 +85,10 @@ class ClusterNode:
         grace: float = 120.0,
         on_fenced: Callable[[], None] = lambda: None,
         on_unfenced: Callable[[], None] = lambda: None,
+        players: Callable[[], int] = lambda: 0,
     ) -> None:
         self.redis_url = redis_url
+        self.players = players  # connected players, published with each renewal
         self.node = node
         self.public_url = public_url
         self.incarnation = os.urandom(8).hex()
@@ -271,6 +273,7 @@ class ClusterNode:
                     int(self.lease.ttl * 1000),
                     self.epoch_text,
                     int(self.grace * 1000),
+                    self.players(),
                 ],
             ),
         )
@@ -373,7 +376,9 @@ class ClusterNode:
         names = sorted(await self.call("status", lambda r: r.smembers(cluster.NODES_KEY)))
         out: list[dict[str, object]] = []
         for name in names:
-            url = await self.call("status", lambda r, n=name: r.hget(cluster.lease_key(n), "url"))
+            url, players = await self.call(
+                "status", lambda r, n=name: r.hmget(cluster.lease_key(n), ["url", "players"])
+            )
             ttl = await self.call("status", lambda r, n=name: r.pttl(cluster.lease_key(n)))
             rooms = await self.call("status", lambda r, n=name: r.scard(cluster.rooms_of_key(n)))
             out.append(
@@ -383,6 +388,7 @@ class ClusterNode:
                     "lease_ms": max(0, int(ttl)),
                     "alive": ttl > 0,
                     "rooms": int(rooms),
+                    "players": int(players or 0),
                 }
             )
         return out

@@ -1,8 +1,9 @@
-"""The supervisor's control socket: ``python -m supervisor status`` and ``reload``.
+"""The supervisor's control socket: ``python -m supervisor status|reload|drain|top``.
 
 A Unix stream socket (``--control-socket``, default ``.ws-supervisor.sock`` in the working
-directory, mode 0600). A request is one line (``status`` or ``reload``); the answer is one
-JSON line, then the connection closes.
+directory, mode 0600). A request is one line (``status``, ``reload``, ``drain``, or
+``history [SINCE]`` - the dashboard's samples after unix time SINCE, what ``top`` polls);
+the answer is one JSON line, then the connection closes.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ async def serve(
     status: Callable[[], dict[str, Any]],
     reload: Callable[[], dict[str, Any]],
     drain: Callable[[], dict[str, Any]] | None = None,
+    history: Callable[[float | None], bytes] | None = None,
 ) -> None:
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
@@ -62,6 +64,17 @@ async def serve(
                         break
                     data += chunk
             command = data.split(b"\n", 1)[0].strip().decode(errors="replace")
+            name, _, argument = command.partition(" ")
+            if name == "history" and history is not None:
+                since = _since(argument)
+                answer_bytes = history(since) if since is not False else None
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_all(
+                        answer_bytes + b"\n"
+                        if answer_bytes is not None
+                        else b'{"error": "history takes a unix time or nothing"}\n'
+                    )
+                return  # polled every second by `top`: not logged
             if command == "status":
                 reply = status()
             elif command == "reload":
@@ -69,12 +82,25 @@ async def serve(
             elif command == "drain" and drain is not None:
                 reply = drain()
             else:
-                reply = {"error": f"unknown command {command!r}; use status, reload or drain"}
+                reply = {
+                    "error": f"unknown command {command!r}; use status, reload, drain or history"
+                }
             log("control_command", command=command[:20])
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
 
     await trio.serve_listeners(answer, [listener])
+
+
+def _since(argument: str) -> float | None | bool:
+    """``history``'s argument: a unix time, nothing (None), or False when unreadable."""
+    if not argument.strip():
+        return None
+    try:
+        since = float(argument)
+    except ValueError:
+        return False
+    return since if since == since and abs(since) != float("inf") else False
 
 
 def request(path: str, command: str, timeout: float = 10.0) -> dict[str, Any]:

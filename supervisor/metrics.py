@@ -21,6 +21,14 @@ The HTTP side is a tiny HTTP/1.1 responder on ``trio.serve_tcp``: one request pe
 connection (request line and headers at most ``MAX_REQUEST`` bytes, within
 ``REQUEST_TIMEOUT``), then the answer and a close. ``GET /metrics``, ``GET /status``;
 anything else is 404 (405 for another method, 400 for garbage).
+
+``/dashboard`` is a page of live charts (``shards/web/dashboard.html``, drawn with the
+uPlot library vendored in ``shards/web/vendor/uplot/``, nothing fetched from elsewhere);
+``/dashboard/history`` answers the kept samples and markers as JSON
+(``supervisor/dashboard_feed.py``, ``?since=UNIX_TIME`` for the newer ones only), and
+``/dashboard/events`` streams each new one as Server-Sent Events (at most
+``MAX_FOLLOWERS`` streams at once, 503 beyond; a stream whose reader stalls for
+``REQUEST_TIMEOUT`` is closed).
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ from shards.log import log
 
 if TYPE_CHECKING:
     from supervisor.arbiter import ShardHandle, Supervisor
+
+from supervisor.dashboard_feed import MAX_FOLLOWERS
 
 MAX_REQUEST = 8192  # bytes of request line + headers
 REQUEST_TIMEOUT = 5.0  # seconds to send the request, and again to take the answer
@@ -459,6 +469,9 @@ async def _answer(
                     break
         if len(head) > MAX_REQUEST:
             status, content_type, body, head_only = 431, "text/plain", b"too large\n", False
+        elif complete and _target(head) == "/dashboard/events":
+            await _stream_events(stream, supervisor)
+            return
         elif complete:
             try:
                 status, content_type, body, head_only = respond(head, supervisor, registry)
@@ -480,6 +493,44 @@ async def _answer(
         with trio.move_on_after(REQUEST_TIMEOUT):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(response)
+
+
+def _target(head: bytes) -> str:
+    """The path of a ``GET`` request head ("" for anything else)."""
+    line = head.split(b"\n", 1)[0].decode("latin-1").strip().split(" ")
+    if len(line) != 3 or line[0] != "GET":
+        return ""
+    return line[1].split("?", 1)[0]
+
+
+async def _stream_events(stream: trio.SocketStream, supervisor: Supervisor) -> None:
+    """``/dashboard/events``: every new sample and marker as an SSE event, until the
+    reader leaves, stalls ``REQUEST_TIMEOUT`` on one event, or falls ``FOLLOWER_QUEUE``
+    behind (then it reconnects; EventSource does that by itself)."""
+    feed = supervisor.feed
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        if feed.followers >= MAX_FOLLOWERS:
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                await stream.send_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                    b"Retry-After: 5\r\nContent-Length: 20\r\nConnection: close\r\n\r\n"
+                    b"too many dashboards\n"
+                )
+            return
+        with feed.follow() as events:
+            with trio.move_on_after(REQUEST_TIMEOUT) as sending:
+                await stream.send_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+                    b"retry: 1000\n\n"
+                )
+            if sending.cancelled_caught:
+                return
+            async for event in events:
+                with trio.move_on_after(REQUEST_TIMEOUT) as sending:
+                    await stream.send_all(event + b"\n\n")
+                if sending.cancelled_caught:
+                    return
 
 
 async def _receive(stream: trio.SocketStream) -> bytes:
@@ -530,4 +581,40 @@ def respond(
         page = static.read("dashboard.html")
         if page is not None:
             return 200, "text/html; charset=utf-8", page, head_only
+    if path == "/dashboard/history":
+        since = _query_since(target)
+        if since is False:
+            return 400, "text/plain", b"since must be a unix time\n", head_only
+        body = supervisor.feed.history.snapshot(since if since is not True else None)
+        return 200, "application/json", body, head_only
+    asset = DASHBOARD_ASSETS.get(path)
+    if asset is not None:
+        body = static.read(asset[0])
+        if body is not None:
+            return 200, asset[1], body, head_only
     return 404, "text/plain", b"not found: try /metrics, /status or /dashboard\n", head_only
+
+
+# What /dashboard loads besides itself: the vendored charting library (and its licence).
+DASHBOARD_ASSETS = {
+    "/dashboard/uPlot.iife.min.js": (
+        "vendor/uplot/uPlot.iife.min.js",
+        "application/javascript; charset=utf-8",
+    ),
+    "/dashboard/uPlot.min.css": ("vendor/uplot/uPlot.min.css", "text/css; charset=utf-8"),
+    "/dashboard/uPlot.LICENSE": ("vendor/uplot/LICENSE", "text/plain; charset=utf-8"),
+}
+
+
+def _query_since(target: str) -> float | bool:
+    """``?since=T`` of a request target: T, True when absent, False when unreadable."""
+    _, _, query = target.partition("?")
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "since":
+            try:
+                since = float(value)
+            except ValueError:
+                return False
+            return since if since == since and abs(since) != float("inf") else False
+    return True
