@@ -9,7 +9,7 @@ import sys
 import trio
 
 from core.config import ServerConfig
-from supervisor import control_socket
+from supervisor import control_socket, top
 from supervisor.arbiter import Supervisor
 from supervisor.cli import config_from_args
 
@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in ("status", "reload", "drain"):
         return command(args[0], args[1:])
+    if args and args[0] == "top":
+        return top.main(args[1:])
     config = config_from_args(args)
     return trio.run(Supervisor(config).run)
 
