@@ -182,7 +182,8 @@ class History:
 
     def mark(self, t: float, kind: str, shard: int | None = None, **detail: object) -> bytes:
         """Record an event at ``t`` (a ``MARKER_KINDS`` value). Returns it encoded."""
-        marker: dict[str, object] = {"t": round(t, 3), "kind": kind, "shard": shard}
+        t = round(t, 3)  # ``markers(since)`` compares the t a follower was sent
+        marker: dict[str, object] = {"t": t, "kind": kind, "shard": shard}
         marker.update({k: v for k, v in detail.items() if v is not None})
         encoded = _encode(marker)
         if len(self._markers) == MAX_MARKERS:
