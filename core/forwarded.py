@@ -8,6 +8,13 @@ names: the header is read from the right, skipping addresses that are themselves
 proxies, and the first other one is the client (what the outermost trusted proxy saw).
 From any other peer the header is ignored - anyone can write it. A header that is
 malformed, or names only trusted addresses, leaves the peer as it is. Pure; O(entries).
+
+A trusted proxy may instead (or as well) put a PROXY protocol header before the request
+(HAProxy ``send-proxy-v2``, ``core.proxy_protocol``; from anyone else it is refused with
+HTTP 400). That header comes first: the connection's peer becomes the address it names,
+and ``X-Forwarded-For`` is then read only if that address is itself a trusted proxy (a
+chain of balancers), as for any other peer. A header naming no address (``LOCAL``, a
+health check) leaves the peer, and so the X-Forwarded-For rule, as they were.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ def trusted_networks(specs: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(out)
 
 
-def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
+def is_trusted(address: str, networks: tuple[Network, ...]) -> bool:
+    """Whether ``address`` (no port) is in one of ``networks``; False if it is no address."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -39,7 +47,7 @@ def _trusted(address: str, networks: tuple[Network, ...]) -> bool:
 
 def client_address(peer_host: str, forwarded_for: str | None, networks: tuple[Network, ...]) -> str:
     """The address to count ``peer_host``'s connection under (see the module text)."""
-    if not networks or not forwarded_for or not _trusted(peer_host, networks):
+    if not networks or not forwarded_for or not is_trusted(peer_host, networks):
         return peer_host
     for entry in reversed(forwarded_for.split(",")):
         address = entry.strip()
@@ -51,6 +59,6 @@ def client_address(peer_host: str, forwarded_for: str | None, networks: tuple[Ne
             ipaddress.ip_address(address)
         except ValueError:
             return peer_host  # a malformed entry: trust nothing of it
-        if not _trusted(address, networks):
+        if not is_trusted(address, networks):
             return address
     return peer_host

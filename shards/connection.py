@@ -4,7 +4,9 @@ Each connection has one trio task for what is not per-message (``Connections.ser
 
 1. read the request head - awaiting readability, keeping what was read, at most 8 KiB,
    within ``--handshake-timeout`` - so a client dribbling bytes costs nothing between
-   them (no polling);
+   them (no polling); a PROXY protocol header before it (``core.proxy_protocol``) is
+   stripped and names the peer when it comes from a ``--trusted-proxy``, and is refused
+   (400) from anyone else;
 2. answer plain-HTTP pages and refusals (``core.handshake``: 400/403/404/405/414/426/431/
    505) with a lingering close, or pass the socket to the shard owning the room or
    session (``shards.routing``) with the head already read;
@@ -32,11 +34,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import trio
 
-from core import handshake
+from core import handshake, proxy_protocol
 from core.close_codes import CloseCode, Disconnect, How, classify
 from core.cluster import redirect_url
 from core.control import PassConnection
-from core.forwarded import client_address, trusted_networks
+from core.forwarded import client_address, is_trusted, trusted_networks
 from core.handshake import HttpError, http_response
 from core.inbound import CLOSE, DELIVER, REPLY, InboundRules
 from core.protocol import Codec, Error, Redirect, ServerMessage, StreamMessage
@@ -280,11 +282,16 @@ class Connections:
                     if end == -1:
                         raise HttpError(400, "incomplete request head")
                 else:
-                    got = await _read_head(sock)
+                    # A passed socket's head was read (and any PROXY header stripped) by
+                    # the shard that accepted it; only that shard may trust one.
+                    trusted = note is None and is_trusted(host_of(peer), self._trusted)
+                    got = await _read_head(sock, proxy_trusted=trusted)
                     if got is None:
                         log("handshake_failed", shard=self.shard_index, peer=peer, reason="closed")
                         return None
-                    head, extra = got
+                    head, extra, proxied = got
+                    if proxied is not None and proxied.source is not None:
+                        peer = peer_of(proxied.source)
                 request = handshake.parse_head(head)
                 if note is None and self._trusted:
                     peer = self._forwarded_peer(peer, request)
@@ -475,11 +482,17 @@ def outcome(link: Link) -> tuple[Disconnect, str]:
     return classify(link.code, how), reason
 
 
-async def _read_head(sock: socket.socket) -> tuple[bytes, bytes] | None:
-    """The request head and whatever followed it, or None if the client closed first.
+async def _read_head(
+    sock: socket.socket, proxy_trusted: bool
+) -> tuple[bytes, bytes, proxy_protocol.Header | None] | None:
+    """The request head, whatever followed it, and the PROXY protocol header that came
+    before it (stripped: the head starts after it), or None if the client closed first.
     Waits for readability between reads (a slow client costs nothing meanwhile) and keeps
-    what it read; ``HttpError`` 414/431 past 8 KiB."""
+    what it read; ``HttpError`` 414/431 past 8 KiB (a PROXY header counts against them),
+    400 for a PROXY header when not ``proxy_trusted``, or a malformed one."""
     buf = bytearray()
+    start: int | None = None  # where the request head begins, once known
+    proxied: proxy_protocol.Header | None = None
     while True:
         await trio.lowlevel.wait_readable(sock)
         try:
@@ -491,9 +504,48 @@ async def _read_head(sock: socket.socket) -> tuple[bytes, bytes] | None:
         if not chunk:
             return None
         buf += chunk
-        end = handshake.head_end(buf)
+        if start is None:
+            found = _proxy_header(buf, proxy_trusted)
+            if isinstance(found, proxy_protocol.NeedMore):
+                continue
+            proxied = found
+            start = found.length if found is not None else 0
+        end = _head_end(buf, start)
         if end != -1:
-            return bytes(buf[:end]), bytes(buf[end:])
+            return bytes(buf[start:end]), bytes(buf[end:]), proxied
+
+
+def _proxy_header(
+    data: bytearray, trusted: bool
+) -> proxy_protocol.Header | proxy_protocol.NeedMore | None:
+    """The PROXY protocol header ``data`` begins with, None if it begins with anything
+    else (a request), ``NeedMore`` until that is known. ``HttpError`` 400 for a header from
+    a peer not trusted (anyone can write one) or a malformed one."""
+    version = proxy_protocol.sniff(data)
+    if version is None or isinstance(version, proxy_protocol.NeedMore):
+        return version
+    if not trusted:
+        raise HttpError(
+            400, "PROXY protocol header from an untrusted peer", kind="proxy_header_untrusted"
+        )
+    try:
+        return proxy_protocol.parse(data)
+    except proxy_protocol.ProxyHeaderError as exc:
+        raise HttpError(400, f"bad PROXY protocol header: {exc}", kind="bad_proxy_header") from None
+
+
+def _head_end(buf: bytearray, start: int) -> int:
+    """The end of the request head that begins at ``start`` (after a PROXY header), -1
+    while incomplete; 414/431 once ``MAX_HEAD`` bytes, the PROXY header's included, hold
+    none."""
+    end = handshake.head_end(buf[start:])
+    if end != -1:
+        return start + end
+    if len(buf) >= handshake.MAX_HEAD:  # head_end saw fewer bytes when a header was cut off
+        if b"\r\n" not in buf[start:]:
+            raise HttpError(414, "request line too long")
+        raise HttpError(431, "request headers too large")
+    return -1
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:
