@@ -8,22 +8,17 @@ lost."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 import trio
 
+from lab.haproxy import HAPROXY, open_haproxy
 from lab.redis import free_port, open_redis, redis_available
 from lab.server import ServerProcess, open_server
 from tests.cluster.test_rooms_across_nodes import node_args
-
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 pytestmark = [
     pytest.mark.timeout(150),
@@ -33,51 +28,7 @@ pytestmark = [
     ),
 ]
 
-CONFIG = """
-global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout tunnel 1h
-    timeout check 1s
-    option redispatch
-    option forwardfor
-    retries 2
-frontend game
-    bind 127.0.0.1:{port}
-    default_backend nodes
-backend nodes
-    balance roundrobin
-    option httpchk GET /healthz
-    http-check expect status 200
-    default-server inter 200ms fall 1 rise 2
-{servers}
-"""
 WINDOW = ("--reconnect-window-ms", "1000", "--reconnect-after-ms", "300")
-
-
-@asynccontextmanager
-async def open_haproxy(backends: dict[str, int]) -> AsyncIterator[str]:
-    """HAProxy in front of ``backends`` (name -> port); yields the players' URL. Killed
-    by pid at the end."""
-    front = free_port()
-    servers = "\n".join(f"    server {n} 127.0.0.1:{p} check" for n, p in backends.items())
-    workdir = tempfile.mkdtemp(prefix="ws-haproxy-")
-    config = os.path.join(workdir, "haproxy.cfg")
-    with open(config, "w") as f:
-        f.write(CONFIG.format(port=front, servers=servers))
-    haproxy = subprocess.Popen(
-        [HAPROXY, "-f", config, "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        yield f"ws://127.0.0.1:{front}/"
-    finally:
-        haproxy.kill()
-        haproxy.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Crowd:
