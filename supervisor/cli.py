@@ -206,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="CIDR",
         help="a load balancer's address or network (repeatable): connections from it are "
-        "counted under the client address its X-Forwarded-For names (per-address caps, "
-        "logs); from anyone else the header is ignored. Default: none",
+        "counted under the client address its PROXY protocol header (HAProxy send-proxy-v2; "
+        "v1 too) or else its X-Forwarded-For names (per-address caps, logs); from anyone "
+        "else X-Forwarded-For is ignored and a PROXY header gets HTTP 400. Default: none",
     )
     p.add_argument(
         "--max-connections",
