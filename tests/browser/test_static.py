@@ -1,6 +1,9 @@
-"""Plain-HTTP pages: /client.js and /play from a shard, /dashboard from the metrics port."""
+"""Plain-HTTP pages: /client.js and /play from a shard; /dashboard, its vendored uPlot and
+its history from the metrics port."""
 
 from __future__ import annotations
+
+import json
 
 import trio
 
@@ -44,4 +47,30 @@ async def test_shard_serves_client_and_play_page_and_keeps_other_answers() -> No
         metrics = int((await server.log.wait_for("metrics_ready"))["port"])
         status, headers, body = await http_get(metrics, "/dashboard")
         assert status == 200 and headers["content-type"].startswith("text/html")
-        assert b'fetch("/status"' in body
+        assert b'new EventSource("/dashboard/events")' in body
+        assert b'src="/dashboard/uPlot.iife.min.js"' in body
+        assert b"http://" not in body and b"https://" not in body  # nothing from elsewhere
+
+
+async def test_metrics_port_serves_the_vendored_charts_and_the_history() -> None:
+    async with open_server("--metrics-port", "0", shards=1, echo_logs=False) as server:
+        metrics = int((await server.log.wait_for("metrics_ready"))["port"])
+        for path, content_type, start in (
+            ("/dashboard/uPlot.iife.min.js", "application/javascript", b"/*! https://github"),
+            ("/dashboard/uPlot.min.css", "text/css", b".uplot"),
+            ("/dashboard/uPlot.LICENSE", "text/plain", b"The MIT License"),
+        ):
+            status, headers, body = await http_get(metrics, path)
+            assert status == 200, path
+            assert headers["content-type"].startswith(content_type), (path, headers)
+            assert int(headers["content-length"]) == len(body) and body.startswith(start), path
+        status, headers, body = await http_get(metrics, "/dashboard/history")
+        assert status == 200 and headers["content-type"] == "application/json"
+        history = json.loads(body)
+        assert history["interval_s"] == 1 and history["capacity"] == 900
+        assert history["labels"]["disconnect|abnormal"] == "abnormal (no close frame)"
+        assert isinstance(history["samples"], list) and isinstance(history["markers"], list)
+        status, _, body = await http_get(metrics, "/dashboard/history?since=99999999999")
+        assert status == 200 and json.loads(body)["samples"] == []
+        assert (await http_get(metrics, "/dashboard/history?since=soon"))[0] == 400
+        assert (await http_get(metrics, "/dashboard/nope.js"))[0] == 404
