@@ -39,6 +39,7 @@ NODES_KEY = PREFIX + "nodes"
 LEASE_PREFIX = PREFIX + "node:"
 ROOM_PREFIX = PREFIX + "room:"
 ROOMS_OF_PREFIX = PREFIX + "rooms:"
+ROOM_STATE_PREFIX = PREFIX + "roomstate:"  # room -> its state, left by a node that left
 SESSION_PREFIX = PREFIX + "session:"  # session id -> the node holding it
 CHECKPOINTS_PREFIX = PREFIX + "checkpoints:"  # node -> hash: session id -> its checkpoint
 INBOX_PREFIX = PREFIX + "inbox:"  # node name -> its requests and replies (a stream)
@@ -90,6 +91,10 @@ def room_key(room: str) -> str:
     return ROOM_PREFIX + room
 
 
+def room_state_key(room: str) -> str:
+    return ROOM_STATE_PREFIX + room
+
+
 def rooms_of_key(node: str) -> str:
     return ROOMS_OF_PREFIX + node
 
@@ -128,10 +133,12 @@ end
 return 0
 """
 
-# KEYS[1] the room; ARGV: claiming node, its incarnation, lease prefix, rooms-of prefix.
-# Keeps the current owner while its lease lives; otherwise the claimer takes the room and
-# the fence goes up. A claimer without a live lease of its own gets nothing (it is
-# fenced). Returns {owner, fence, owner's url}.
+# KEYS[1] the room, KEYS[2] its handed-over state; ARGV: claiming node, its incarnation,
+# lease prefix, rooms-of prefix. Keeps the current owner while its lease lives; otherwise
+# the claimer takes the room, the fence goes up, and the state a leaving owner stored
+# (RELEASE_ROOM) is the claimer's alone (deleted in the same step). A claimer without a
+# live lease of its own gets nothing (it is fenced). Returns {owner, fence, owner's url,
+# state or false}.
 CLAIM_ROOM = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner then
@@ -147,16 +154,25 @@ end
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('SADD', ARGV[4] .. ARGV[1], KEYS[1])
-return {ARGV[1], fence, redis.call('HGET', ARGV[3] .. ARGV[1], 'url')}
+local state = redis.call('GET', KEYS[2])
+if state then
+  redis.call('DEL', KEYS[2])
+end
+return {ARGV[1], fence, redis.call('HGET', ARGV[3] .. ARGV[1], 'url'), state}
 """
 
-# KEYS[1] the room, KEYS[2] the node's room set; ARGV: node, fence. A stale release (the
-# room was claimed again since: another fence) changes nothing. The fence stays.
+# KEYS[1] the room, KEYS[2] the node's room set, KEYS[3] the room's handed-over state;
+# ARGV: node, fence, and optionally the room's state and how long it is kept (ms). A stale
+# release (the room was claimed again since: another fence) changes nothing and stores
+# nothing - a fenced node's state never reaches the next owner. The fence stays.
 RELEASE_ROOM = """
 redis.call('SREM', KEYS[2], KEYS[1])
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1]
    and redis.call('HGET', KEYS[1], 'fence') == ARGV[2] then
   redis.call('HDEL', KEYS[1], 'owner')
+  if ARGV[3] then
+    redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+  end
   return 1
 end
 return 0
@@ -175,10 +191,18 @@ return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'n', n, 'b', ARG
 # ARGV: node, session key prefix, the node's checkpoints key, then operations in order:
 # "+" SID = this node holds SID now; "-" SID = SID ended or left this node (the holder
 # entry is deleted only if it still names this node: the session may be elsewhere by
-# now); "c" SID BLOB = SID's latest checkpoint. One call per batch.
+# now); "c" SID BLOB = SID's latest checkpoint; "v" SID = does this node still hold SID?
+# One call per batch. A checkpoint ("c") is the session-state write, fenced by the
+# registry: it is refused when the registry names another node - that node took the
+# session from this node's last checkpoint while this node was cut off from Redis (or
+# fetched it live) - and the SID is returned, as for a "v" that fails: this node's copy
+# is stale and must go. A registry that names nobody (Redis lost its data, or this
+# node's "+" was lost with the last second of an AOF) is written back to this node.
+# Returns {operations done, refused SID...}.
 SYNC_SESSIONS = """
 local node, prefix, checkpoints = ARGV[1], ARGV[2], ARGV[3]
 local i, done = 4, 0
+local refused = {}
 while i <= #ARGV do
   local op, sid = ARGV[i], ARGV[i + 1]
   if op == '+' then
@@ -191,19 +215,31 @@ while i <= #ARGV do
     redis.call('HDEL', checkpoints, sid)
     i = i + 2
   else
-    redis.call('HSET', checkpoints, sid, ARGV[i + 2])
-    i = i + 3
+    local held = redis.call('GET', prefix .. sid)
+    if held and held ~= node then
+      refused[#refused + 1] = sid
+      redis.call('HDEL', checkpoints, sid)
+    else
+      if not held then
+        redis.call('SET', prefix .. sid, node)
+      end
+      if op == 'c' then
+        redis.call('HSET', checkpoints, sid, ARGV[i + 2])
+      end
+    end
+    i = i + (op == 'c' and 3 or 2)
   end
   done = done + 1
 end
-return done
+return {done, unpack(refused)}
 """
 
 # KEYS[1] the session's key; ARGV: session id, lease prefix, checkpoints prefix, read
-# prefix. Where a resume finds the session: {"live", node, ""} while its holder's lease
-# lives; else the holder died and its last checkpoint is taken (deleted: two racing
-# resumes cannot both get it) - {"checkpoint", blob, the says entry it had read up to};
-# else {"none", "", ""}.
+# prefix, the taking node. Where a resume finds the session: {"live", node, ""} while its
+# holder's lease lives; else the holder died (or is cut off) and its last checkpoint is
+# taken - deleted, and the registry names the taker at once, so two racing resumes cannot
+# both get it and the old holder's later writes are refused (SYNC_SESSIONS) -
+# {"checkpoint", blob, the says entry it had read up to}; else {"none", "", ""}.
 TAKE_SESSION = """
 local node = redis.call('GET', KEYS[1])
 if not node then
@@ -217,7 +253,7 @@ if not blob then
   return {'none', '', ''}
 end
 redis.call('HDEL', ARGV[3] .. node, ARGV[1])
-redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[5])
 return {'checkpoint', blob, redis.call('GET', ARGV[4] .. node) or ''}
 """
 

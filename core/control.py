@@ -97,11 +97,14 @@ class Fetch(_Control, tag="fetch", kw_only=True):
 
 
 class Surrender(_Control, tag="surrender", kw_only=True):
-    """Supervisor -> holder: hand ``session`` over if ``epoch`` is its current token epoch."""
+    """Supervisor -> holder: hand ``session`` over if ``epoch`` is its current token epoch.
+    ``force``: whatever the epoch (cluster mode: another node took the session while this
+    node was cut off from Redis; this copy is stale)."""
 
     request: int
     session: str
     epoch: int
+    force: bool = False
 
 
 class Handoff(_Control, tag="handoff", kw_only=True):
@@ -136,9 +139,10 @@ class Drain(_Control, tag="drain", kw_only=True):
     evacuate: bool = False
     window_ms: int = 0
     # Cluster mode, a node leaving: new connections get HTTP 503 (so a load balancer's
-    # health check takes the node out of rotation at once), room sessions end (other nodes
-    # seat their rooms), and once every connection is closed the shard keeps its away
-    # sessions up to this long so the nodes their players come back to can fetch them.
+    # health check takes the node out of rotation at once), rooms are evacuated (with
+    # ``evacuate``; their state goes through Redis to the node that claims each room next)
+    # or else their sessions end, and once every connection is closed the shard keeps its
+    # away sessions up to this long so the nodes their players come back to can fetch them.
     hold_s: float = 0.0
 
 

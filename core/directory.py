@@ -35,6 +35,8 @@ class SessionDirectory(Protocol):
 
     def count(self, shard: int) -> int: ...
 
+    def sessions(self) -> list[str]: ...
+
     def claim_room(self, room: str, shard: int) -> None: ...
 
     def room_owner(self, room: str) -> int | None: ...
@@ -90,6 +92,10 @@ class InMemoryDirectory:
 
     def count(self, shard: int) -> int:
         return len(self._by_shard.get(shard, ()))
+
+    def sessions(self) -> list[str]:
+        """Every session held by a live shard (O(sessions): after an outage, not per call)."""
+        return list(self._owner)
 
     # ------------------------------------------------------------------ rooms
     def claim_room(self, room: str, shard: int) -> None:

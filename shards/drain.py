@@ -5,6 +5,12 @@ send every client ``server_shutdown`` with a reconnect hint spread over a window
 thundering herd on the siblings), close 1012, wait up to the drain timeout, close the rest
 hard, report ``Drained`` and let the shard end.
 
+A node leaving its cluster (``Drain(evacuate=True, hold_s>0)``): new connections get 503,
+the rooms are evacuated as below but to the supervisor, which stores each room's state in
+Redis for the node that claims the room next; if that fails, the rooms' sessions end
+instead (``room_moved``). Then every other client is told to come back elsewhere, and the
+shard holds their away sessions for ``hold_s`` so other nodes can fetch them.
+
 Rolling restart (``Drain(evacuate=True)``): stop accepting, then move the shard's rooms and
 sessions to the replacement one unit at a time (a room with its players, a slice of the
 lobby), paced across the reconnect window. Each unit is frozen (its connections are not
@@ -82,7 +88,7 @@ class Drainer:
         if hold_s > 0:
             # Answer new connections (503, /healthz too) instead of leaving them unaccepted.
             self.connections.closing_reason = "node draining"
-            if self.host is not None:
+            if self.host is not None and not evacuate:
                 self.host.evict_rooms("room_moved", reconnect_after_ms)
         else:
             self.acceptor.scope.cancel()
@@ -95,7 +101,17 @@ class Drainer:
             reason=reason,
             evacuate=evacuate,
         )
-        if evacuate and self.host is not None:
+        if evacuate and hold_s > 0 and self.host is not None:
+            # Leaving the cluster: rooms go (through Redis) to whichever node claims them
+            # next; when that fails they end here as if the lease were lost.
+            if not await self._evacuate((window_ms or 0) / 1000, rooms_only=True):
+                for unit in self._units.values():
+                    self.host.abort_unit(unit)
+                self._units.clear()
+                self.host.evict_rooms("room_moved", reconnect_after_ms)
+            window = reconnect_after_ms if window_ms is None else window_ms
+            self._tell_everyone(reason, reconnect_after_ms, window)
+        elif evacuate and self.host is not None:
             if not await self._evacuate((window_ms or 0) / 1000):
                 self._abort()
                 return
@@ -118,11 +134,11 @@ class Drainer:
         self._answered.set()
 
     # ------------------------------------------------------------------ evacuation
-    async def _evacuate(self, window: float) -> bool:
+    async def _evacuate(self, window: float, rooms_only: bool = False) -> bool:
         host = self.host
         assert host is not None
         for _ in range(EVACUATION_PASSES):
-            units = host.evacuation_units()
+            units = host.evacuation_units(rooms_only)
             if not units:
                 break
             pause = window / max(1, len(units))
@@ -143,6 +159,8 @@ class Drainer:
             if self._aborted or self._units:
                 return False
             window = 0.0  # later passes: only stragglers that arrived meanwhile
+        if rooms_only:
+            return True
         # Connections without a session (never attached, or --app echo) just go.
         for link in list(self.connections.links.values()):
             if not link.closing and self.connections.handlers.get(link.slot) is None:
@@ -167,7 +185,7 @@ class Drainer:
 
     # ------------------------------------------------------------------ shutdown
     def _tell_everyone(self, reason: str, reconnect_after_ms: int, window_ms: int) -> None:
-        links = list(self.connections.links.values())
+        links = [link for link in self.connections.links.values() if not link.closing]
         for i, link in enumerate(links):
             delay = reconnect_after_ms + (window_ms * i) // max(1, len(links))
             conn = self.connections.handlers.get(link.slot)

@@ -586,14 +586,19 @@ class SessionHost:
             return Handoff(
                 request=request.request, session=request.session, batch=None, error="expired"
             )
-        if not session.accepts_epoch(request.epoch):
+        if not request.force and not session.accepts_epoch(request.epoch):
             return Handoff(
                 request=request.request, session=request.session, batch=None, error="invalid"
             )
         old = self.attached.pop(session.id, None)
         if old is not None:
             old.session = None
-            old.close(CloseCode.SESSION_REPLACED, "session resumed on another shard")
+            old.close(
+                CloseCode.SESSION_REPLACED,
+                "session taken over by another node"
+                if request.force
+                else "session resumed on another shard",
+            )
         self._unhold(session)
         log(
             "handoff_out",
@@ -713,8 +718,9 @@ class SessionHost:
             yield Checkpoint(shard=self.shard_index, batch=batch, applied_bseq=self.bseq)
 
     # ================================================================== rolling restart
-    def evacuation_units(self) -> list[Unit]:
-        """Every room with its players, then the lobby in slices of ``LOBBY_SLICE``."""
+    def evacuation_units(self, rooms_only: bool = False) -> list[Unit]:
+        """Every room with its players, then (unless ``rooms_only``) the lobby in slices
+        of ``LOBBY_SLICE``."""
         rooms: dict[str, list[str]] = {}
         lobby: list[str] = []
         for session in self.sessions.values():
@@ -723,6 +729,8 @@ class SessionHost:
             else:
                 rooms.setdefault(session.room, []).append(session.id)
         units = [Unit(room, ids) for room, ids in rooms.items()]
+        if rooms_only:
+            return units
         units.extend(
             Unit(None, lobby[i : i + LOBBY_SLICE]) for i in range(0, len(lobby), LOBBY_SLICE)
         )

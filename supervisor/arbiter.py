@@ -26,6 +26,7 @@ import trio
 from core.cluster import ClusterRefused, ClusterUnavailable
 from core.config import ServerConfig, ShardConfig
 from core.control import (
+    Adopt,
     Adopted,
     Broadcast,
     Checkpoint,
@@ -59,12 +60,14 @@ from core.directory import (
     SessionDirectory,
 )
 from core.handshake import http_response as http_error
+from core.session import SnapshotBatch
 from core.tokens import SecretFileError, load_or_create_secret, share_secret
 from shards import log as shard_log
 from shards.load_table import LoadTable
 from shards.log import log
 from shards.routing import receive_connection, send_connection
 from supervisor import control_socket, metrics
+from supervisor.cluster_rooms import RoomExports, StoredRoom, decode_room, encode_room
 from supervisor.dashboard_feed import DashboardFeed
 from supervisor.handover import Handover
 from supervisor.relay import BroadcastLog, RelayQueue
@@ -167,6 +170,9 @@ class Supervisor:
         self.bus: BroadcastBus | None = None  # cluster mode: says of every node, in order
         self.remote: ClusterSessions | None = None  # cluster mode: sessions on other nodes
         self.feed = DashboardFeed(self, config.history_s)  # /dashboard and `top`
+        self.rooms_out = RoomExports()  # cluster mode, leaving: rooms on their way to Redis
+        self._adoptions: dict[int, trio.Event] = {}  # cluster rooms being adopted, by unit
+        self._next_adoption = 1 << 40  # their unit numbers (a roll's are the old shard's)
         self._roll_steps = 0  # shards the roll in progress replaces
         self._roll_done = 0  # of them, replaced so far
         self._roll_shard: int | None = None  # the slot being replaced now
@@ -257,6 +263,7 @@ class Supervisor:
             secret,
             grace=config.grace,
             on_fenced=self._fenced,
+            on_unfenced=self._unfenced,
             players=self.players,
         )
         try:
@@ -269,7 +276,11 @@ class Supervisor:
         self.bus = BroadcastBus(self.cluster, self._deliver_broadcast, self.metrics.count)
         await nursery.start(self.bus.run)
         self.remote = ClusterSessions(
-            self.cluster, self.bus, self._surrender_for_node, config.fetch_timeout
+            self.cluster,
+            self.bus,
+            self._surrender_for_node,
+            config.fetch_timeout,
+            stale=self._drop_stale_sessions,
         )
         await nursery.start(self.remote.run)
         # Tokens issued before the cluster started name sessions of an earlier cluster;
@@ -300,6 +311,100 @@ class Supervisor:
         for handle in self.processes.values():
             if not handle.exited.is_set():
                 handle.send_frame(evict)
+
+    async def _store_room(self, handle: ShardHandle, unit: int, stored: StoredRoom) -> None:
+        """Leaving the cluster: ``stored`` (a room of ``handle``) goes to Redis for the node
+        that claims the room next; then the shard sends its players away (``Evacuated``).
+        Not stored (Redis, or this node's claim lost): the shard ends the room here."""
+        assert self.cluster is not None
+        ok = False
+        try:
+            ok = await self.cluster.release_room(
+                stored.room, encode_room(stored).decode(), keep_s=self.config.grace
+            )
+        except ClusterUnavailable as exc:
+            log("room_store_failed", room=stored.room, error=str(exc)[:200])
+        sessions = stored.sessions()
+        if ok:
+            self.directory.release_room(stored.room, handle.generation)
+            for sid in sessions:
+                if self.directory.release(sid, handle.generation):
+                    self.park.forget(sid)
+                    if self.remote is not None:
+                        self.remote.ended(sid)  # the room's next owner holds it
+        log("room_stored", room=stored.room, sessions=len(sessions), ok=ok)
+        handle.send_frame(encode_frame(Evacuated(unit=unit, ok=ok)))
+
+    async def _adopt_room(self, room: str, state: str) -> None:
+        """Cluster mode: this node claimed ``room`` and got the state its last owner left
+        when it left: a shard adopts it (game and players) before the connection that
+        claimed it is routed, so its players' resumes find their sessions. On failure the
+        room starts afresh here (logged ``room_adopt_failed``; its players' resumes get
+        a new session)."""
+        try:
+            stored = decode_room(state)
+        except msgspec.DecodeError as exc:
+            log("room_adopt_failed", room=room, reason=f"unreadable: {exc}"[:200])
+            return
+        target = self._least_loaded()
+        if target is None or self.bus is None:
+            log("room_adopt_failed", room=room, reason="no live shard")
+            return
+        unit = self._next_adoption = self._next_adoption + 1
+        adopted = self._adoptions[unit] = trio.Event()
+        applied = max(0, stored.applied_n - self.bus.offset)
+        batches = stored.batches or [SnapshotBatch(bodies=[], sessions=[])]
+        try:
+            for i, batch in enumerate(batches):
+                for snap in batch.sessions:
+                    self.park.keep(target.generation, snap, batch.bodies, applied)
+                self.park.expect_arrival(target.generation, batch)
+                target.send_frame(
+                    encode_frame(
+                        Adopt(
+                            unit=unit,
+                            room=room,
+                            app_state=stored.app_state if i == 0 else None,
+                            batch=batch,
+                            applied_bseq=applied,
+                            final=i == len(batches) - 1,
+                        )
+                    )
+                )
+            with trio.move_on_after(self.config.fetch_timeout):
+                await adopted.wait()
+        finally:
+            self._adoptions.pop(unit, None)
+        if not adopted.is_set() or target.exited.is_set():
+            log("room_adopt_failed", room=room, reason="not adopted in time", shard=target.index)
+            return
+        self.directory.claim_room(room, target.generation)
+        for sid in stored.sessions():
+            self.directory.claim(sid, target.generation)
+            if self.remote is not None:
+                self.remote.held(sid)
+        log("room_adopted", room=room, shard=target.index, sessions=len(stored.sessions()))
+
+    def _unfenced(self) -> None:
+        """The lease holds again after an outage: another node may have taken some of this
+        node's sessions meanwhile (from their checkpoints); check them all now."""
+        if self.remote is not None:
+            self.remote.verify(self.directory.sessions())
+
+    def _drop_stale_sessions(self, sessions: list[str]) -> None:
+        """Another node holds these sessions now (Redis refused this node's writes): end
+        this node's stale copies; a player still connected here is closed 4000 and
+        resumes where its session is."""
+        for sid in sessions:
+            owner = self.directory.owner_of(sid)
+            self.park.forget(sid)
+            holder = self.processes.get(owner) if owner is not None else None
+            if owner is None or holder is None:
+                continue
+            self.directory.release(sid, owner)
+            holder.send_frame(encode_frame(Surrender(request=0, session=sid, epoch=0, force=True)))
+            self.metrics.count("cluster_session_stale")
+            log("session_stale", session=sid, shard=holder.index, reason="held by another node")
 
     async def _release_all_rooms(self) -> None:
         """A leaving node gives every room back (its shards end the room sessions): the
@@ -357,10 +462,11 @@ class Supervisor:
             hold_s = (
                 config.reconnect_after_ms + config.reconnect_window_ms
             ) / 1000 + config.fetch_timeout
+            # Rooms are evacuated: their state goes through Redis to the next owner
+            # (supervisor/cluster_rooms.py); what is left is released once shards exit.
             drain = msgspec.structs.replace(
-                drain, window_ms=config.reconnect_window_ms, hold_s=hold_s
+                drain, window_ms=config.reconnect_window_ms, hold_s=hold_s, evacuate=True
             )
-            self._nursery.start_soon(self._release_all_rooms)
         frame = encode_frame(drain)
         handles = list(self.processes.values())
         log(
@@ -376,6 +482,8 @@ class Supervisor:
                 await handle.exited.wait()
         self._kill_remaining("drain timeout")
         if self.cluster is not None:
+            with trio.move_on_after(KILL_GRACE):
+                await self._release_all_rooms()
             await self.cluster.leave()  # the name is free for this node's next start
         log("shutdown_done", shards=len(handles))
         self._stopped.set()
@@ -821,6 +929,8 @@ class Supervisor:
             return note  # hosted or placed here: this node's claim holds it
         claim = await self.cluster.claim_room(note.room)
         if claim.owner == self.cluster.node:
+            if claim.state is not None:
+                await self._adopt_room(note.room, claim.state)
             return note
         self.cluster.redirects += 1
         return msgspec.structs.replace(note, redirect=claim.url)
@@ -1095,12 +1205,19 @@ class Supervisor:
             handover = self._handover
             if handover is not None and handle is handover.old:
                 handover.on_evacuate(message)
+            elif self.stopping and self.bus is not None and message.room is not None:
+                stored = self.rooms_out.on_evacuate(handle.generation, message, self.bus.offset)
+                if stored is not None:
+                    self._nursery.start_soon(self._store_room, handle, message.unit, stored)
             else:
                 log("evacuate_unexpected", shard=handle.index, pid=handle.pid, unit=message.unit)
                 handle.send_frame(encode_frame(Evacuated(unit=message.unit, ok=False)))
         elif isinstance(message, Adopted):
             handover = self._handover
-            if handover is not None and handle is handover.new:
+            adopting = self._adoptions.get(message.unit)
+            if adopting is not None:
+                adopting.set()
+            elif handover is not None and handle is handover.new:
                 handover.on_adopted(message)
         elif isinstance(message, SessionResumed):
             if message.session in self._returning:

@@ -73,6 +73,7 @@ class RoomClaim:
     owner: str
     fence: int
     url: str
+    state: str | None = None  # the room's state, left by the node that owned it before
 
 
 class ClusterNode:
@@ -186,9 +187,11 @@ class ClusterNode:
         self.left = True
         log("cluster_left", node=self.node)
 
-    async def sync_sessions(self, args: list[str]) -> None:
-        """Record a batch of session starts and ends (``SYNC_SESSIONS``' ARGV)."""
-        await self.call("sessions", lambda r: self._sync(keys=[], args=args))
+    async def sync_sessions(self, args: list[str]) -> list[str]:
+        """Record a batch of session starts, ends and checkpoints (``SYNC_SESSIONS``'
+        ARGV); returns the sessions whose writes were refused (another node holds them)."""
+        reply = await self.call("sessions", lambda r: self._sync(keys=[], args=args))
+        return [text(sid) for sid in list(reply)[1:]]
 
     async def take_session(self, session: str) -> tuple[str, str, int | None]:
         """Where ``session`` is: ("live", node, None); ("checkpoint", blob, n) - its holder
@@ -203,6 +206,7 @@ class ClusterNode:
                     cluster.LEASE_PREFIX,
                     cluster.CHECKPOINTS_PREFIX,
                     cluster.read_key(""),
+                    self.node,
                 ],
             ),
         )
@@ -337,10 +341,10 @@ class ClusterNode:
         ``ClusterUnavailable`` when Redis does not answer or this node is fenced."""
         if self.lease.fenced(trio.current_time()):
             raise ClusterUnavailable("this node's lease is lost")
-        owner, fence, url = await self.call(
+        reply = await self.call(
             "claim",
             lambda r: self._claim(
-                keys=[cluster.room_key(room)],
+                keys=[cluster.room_key(room), cluster.room_state_key(room)],
                 args=[
                     self.node,
                     self.incarnation,
@@ -349,6 +353,8 @@ class ClusterNode:
                 ],
             ),
         )
+        owner, fence, url = reply[0], reply[1], reply[2]
+        state = text(reply[3]) if len(reply) > 3 and reply[3] else None
         if not owner:
             raise ClusterUnavailable("this node's lease is lost")
         if owner == self.node:
@@ -356,20 +362,28 @@ class ClusterNode:
                 self.claims += 1
                 log("room_claimed", room=room, node=self.node, fence=fence)
             self.fences[room] = int(fence)
-        return RoomClaim(owner, int(fence), url)
+        return RoomClaim(owner, int(fence), url, state)
 
-    async def release_room(self, room: str) -> None:
-        """Give up ``room`` (its last session left); a stale release changes nothing."""
+    async def release_room(self, room: str, state: str | None = None, keep_s: float = 0) -> bool:
+        """Give up ``room`` (its last session left, or this node leaves with ``state``,
+        which the next claimer gets, kept ``keep_s``); a stale release changes nothing and
+        stores nothing. True when the release (and the state) took."""
         fence = self.fences.pop(room, None)
         if fence is None:
-            return
-        await self.call(
+            return False
+        extra = [state, int(keep_s * 1000)] if state is not None else []
+        done = await self.call(
             "release",
             lambda r: self._release(
-                keys=[cluster.room_key(room), cluster.rooms_of_key(self.node)],
-                args=[self.node, fence],
+                keys=[
+                    cluster.room_key(room),
+                    cluster.rooms_of_key(self.node),
+                    cluster.room_state_key(room),
+                ],
+                args=[self.node, fence, *extra],
             ),
         )
+        return bool(done)
 
     async def nodes(self) -> list[dict[str, object]]:
         """Every node seen: name, public URL, lease time left (0: dead), rooms owned."""

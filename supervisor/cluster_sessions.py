@@ -15,6 +15,12 @@ came back to.
   (``BroadcastBus.offset``), so the session is caught up with every say, once.
 * Each node reads its own inbox (``XREAD BLOCK``) and answers surrender requests by asking
   its shard that holds the session, exactly as for a resume on a sibling shard.
+* Fencing: a checkpoint is refused when the registry names another node (``SYNC_SESSIONS``)
+  - that node took the session while this one was cut off from Redis (its lease ran
+  out). ``stale(sessions)`` is then called: this node's copies are out of date and must
+  end (their players, if still connected here, are closed 4000 and resume where the
+  session is). After an outage (``verify``) every session held here is checked at once
+  instead of at its next checkpoint.
 
 Cost: one Redis round trip per batch of session starts/ends, and for a cross-node resume
 four (lookup, request, reply read, plus the holder's read), each a few hundred µs on a LAN.
@@ -97,10 +103,14 @@ class ClusterSessions:
         bus: BroadcastBus,
         surrender_local: Callable[[str, int], Awaitable[Handoff]],
         fetch_timeout: float,
+        stale: Callable[[list[str]], None] = lambda sessions: None,
     ) -> None:
         """``surrender_local(session, epoch)``: this node's answer to another node's
-        request (the holding shard surrenders it, or refuses)."""
+        request (the holding shard surrenders it, or refuses). ``stale(sessions)``: another
+        node holds these now; this node's copies must go."""
         self.node = node
+        self.stale = stale
+        self.refused = 0  # session writes refused: another node held the session
         self.bus = bus
         self.surrender_local = surrender_local
         self.fetch_timeout = fetch_timeout
@@ -121,6 +131,12 @@ class ClusterSessions:
 
     def ended(self, session: str) -> None:
         self._queue("-", session)
+
+    def verify(self, sessions: list[str]) -> None:
+        """After an outage: check that every session in ``sessions`` (held here) is still
+        this node's; those another node took are reported to ``stale``."""
+        for session in sessions:
+            self._queue("v", session)
 
     def checkpoint(
         self, batch: SnapshotBatch, applied_bseq: int, owns: Callable[[str], bool]
@@ -170,7 +186,7 @@ class ClusterSessions:
             for op in batch:
                 args += op
             try:
-                await self.node.sync_sessions(args)
+                refused = await self.node.sync_sessions(args)
             except ClusterUnavailable as exc:
                 await outage.failed(exc)
                 continue
@@ -178,6 +194,10 @@ class ClusterSessions:
             for _ in batch:
                 self._ops.popleft()
             self._ops_bytes -= size
+            if refused:
+                self.refused += len(refused)
+                log("cluster_sessions_stale", node=self.node.node, sessions=len(refused))
+                self.stale(refused)
 
     # ------------------------------------------------------------------ moving one
     async def fetch(self, fetch: Fetch) -> Handoff | None:
@@ -337,4 +357,5 @@ class ClusterSessions:
             "surrendered": self.surrendered,
             "recovered": self.recovered,
             "checkpoints_dropped": self.dropped,
+            "stale_dropped": self.refused,
         }

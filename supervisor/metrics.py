@@ -190,6 +190,12 @@ SUPERVISOR_COUNTERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "them (it was cut off longer than the stream keeps).",
         (),
     ),
+    "cluster_session_stale": (
+        "ws_cluster_sessions_stale",
+        "Cluster mode: session copies this node ended because another node took them over "
+        "while this node was cut off from Redis (their players resume there).",
+        (),
+    ),
 }
 
 

@@ -8,10 +8,11 @@ import pytest
 import trio
 
 from core.cluster import LEASE_TTL_S
+from lab.netcut import CuttingProxy
 from lab.rawws import RawClient
-from lab.redis import open_redis, redis_available
-from lab.server import kill_tree
-from tests.cluster.test_rooms_across_nodes import open_nodes
+from lab.redis import RedisServer, free_port, open_redis, redis_available
+from lab.server import kill_tree, open_server
+from tests.cluster.test_rooms_across_nodes import node_args, open_nodes
 from tests.support import resume_path
 
 pytestmark = [
@@ -132,3 +133,56 @@ async def test_the_players_of_a_node_that_dies_resume_elsewhere_from_its_checkpo
             await b.log.wait_for("cluster_session_recovered", session=welcome["session"])
             # Taken once: the checkpoint is gone from Redis.
             assert await redis.query("HEXISTS", key, welcome["session"]) == b":0"
+
+
+async def test_a_node_cut_off_from_redis_drops_its_copy_of_a_session_another_node_took() -> None:
+    """Partition: node a's Redis traffic goes through a proxy the test blackholes. a's
+    player drops and resumes on b, which takes the session from a's checkpoint once a's
+    lease has run out. Healed, a's writes of that session are refused (the registry names
+    b): a ends its stale copy, and the player's newest token, used on a, fetches the
+    session from b - it is not refused by a's out-of-date copy."""
+    async with open_redis() as redis:
+        async with trio.open_nursery() as nursery:
+            proxy = CuttingProxy("127.0.0.1", redis.port)
+            await nursery.start(proxy.run)
+            via_proxy = f"redis://127.0.0.1:{proxy.port}/0"
+            more = ("--checkpoint-interval", "0.5")
+            async with (
+                open_server(*node_args(via_proxy, "a", free_port(), *more), shards=2) as a,
+                open_server(*node_args(redis.url, "b", free_port(), *more), shards=2) as b,
+            ):
+                player, welcome = await RawClient.open(a.port, "/")
+                assert welcome is not None
+                sid = welcome["session"]
+                assert (await player.echo(1))["seq"] == 1
+                with trio.fail_after(10):
+                    while await redis.query("HEXISTS", "{ws}:checkpoints:a", sid) != b":1":
+                        await trio.sleep(0.05)
+                proxy.blackhole(True)
+                player.vanish()
+                await a.log.wait_for("disconnect", session=sid)
+                await a.log.wait_for("lease_lost", node="a")
+                since_lost = len(a.log.lines)
+                on_b, w_b = await RawClient.open(b.port, resume_path(welcome, 1))
+                assert w_b is not None and w_b["session"] == sid and w_b["recovered"], w_b
+                assert (await on_b.echo(2))["seq"] == 2
+                assert await holder_is(redis, sid, "b")
+                proxy.blackhole(False)
+                await a.log.wait_for("lease_held", node="a", after=since_lost)
+                await a.log.wait_for("session_stale", session=sid)
+                # The registry still names b; a keeps no checkpoint of it.
+                assert await holder_is(redis, sid, "b")
+                assert await redis.query("HEXISTS", "{ws}:checkpoints:a", sid) == b":0"
+                on_b.vanish()
+                await b.log.wait_for("disconnect", session=sid)
+                on_a, w_a = await RawClient.open(a.port, resume_path(w_b, 2))
+                assert w_a is not None and w_a["session"] == sid, w_a
+                assert w_a["resumed"] is True and not w_a.get("resume_error"), w_a
+                assert (await on_a.echo(3))["seq"] == 3
+            nursery.cancel_scope.cancel()
+
+
+async def holder_is(redis: RedisServer, session: str, node: str) -> bool:
+    """Whether the cluster's session registry names ``node`` as ``session``'s holder."""
+    script = "return redis.call('GET', KEYS[1]) == ARGV[1] and 1 or 0"
+    return await redis.query("EVAL", script, "1", f"{{ws}}:session:{session}", node) == b":1"
