@@ -78,6 +78,8 @@ LABELS: dict[str, str] = {
     "rejected|unsupported_version": "WebSocket version (426)",
     "rejected|handshake_timeout": "handshake too slow",
     "rejected|bad_bytes": "bad bytes before the upgrade",
+    "rejected|proxy_header_untrusted": "PROXY header from an untrusted peer (400)",
+    "rejected|bad_proxy_header": "malformed PROXY header (400)",
     "messages_in": "messages in",
     "messages_out": "messages out",
     "heartbeat_timeout": "heartbeat timeouts",

@@ -832,7 +832,7 @@ class Supervisor:
         with trio.move_on_after(CONTROL_DRAIN_S):
             await handle.control_read.wait()
         self.processes.pop(handle.generation, None)
-        self.metrics.retire(handle)
+        self.metrics.retire(handle, crashed=not self.stopping and not handle.draining)
         lost = self.directory.drop_shard(handle.generation)
         parked = self.park.shard_died(handle.generation, lost, trio.current_time())
         if lost and not self.stopping:

@@ -38,6 +38,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import trio
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -253,13 +254,16 @@ class Metrics:
     def __init__(self) -> None:
         self.retired: dict[int, _SlotTotals] = {}
         self.events: dict[str, float] = {}
-        # exited handles whose last frames may still be read: (exit time, handle)
-        self._exited: list[tuple[float, ShardHandle]] = []
+        # exited handles whose last frames may still be read: (exit time, handle, crashed)
+        self._exited: list[tuple[float, ShardHandle, bool]] = []
 
-    def retire(self, handle: ShardHandle) -> None:
-        """``handle``'s process exited: its counters now belong to the slot's past."""
+    def retire(self, handle: ShardHandle, crashed: bool = False) -> None:
+        """``handle``'s process exited: its counters now belong to the slot's past. A
+        ``crashed`` shard could not count its own connections' end: the ones its last
+        report carried are counted as ``disconnect|abnormal|1006`` (their clients saw the
+        TCP connection reset, no close frame)."""
         self._fold()
-        self._exited.append((trio.current_time(), handle))
+        self._exited.append((trio.current_time(), handle, crashed))
 
     def on_log(self, event: str, fields: dict[str, Any]) -> None:
         """A ``shards.log`` listener in the supervisor process."""
@@ -285,18 +289,22 @@ class Metrics:
     def _fold(self) -> None:
         now = trio.current_time()
         while self._exited and now - self._exited[0][0] > LATE_REPORTS:
-            _, handle = self._exited.pop(0)
+            _, handle, crashed = self._exited.pop(0)
             if handle.load is not None:
-                self.retired.setdefault(handle.index, _SlotTotals()).add(handle.load)
+                self.retired.setdefault(handle.index, _SlotTotals()).add(
+                    _ended(handle.load, crashed)
+                )
 
     def slots(self, supervisor: Supervisor) -> dict[int, _SlotTotals]:
         """Per slot: retired totals plus the latest report of each shard process."""
         self._fold()
         loads: dict[int, list[Load]] = {i: [] for i in range(supervisor.config.shards)}
-        handles = [*supervisor.processes.values(), *(h for _, h in self._exited)]
-        for handle in handles:
+        for handle in supervisor.processes.values():
             if handle.load is not None:
                 loads.setdefault(handle.index, []).append(handle.load)
+        for _, handle, crashed in self._exited:
+            if handle.load is not None:
+                loads.setdefault(handle.index, []).append(_ended(handle.load, crashed))
         empty = _SlotTotals()
         return {
             slot: self.retired.get(slot, empty).merged(slot_loads)
@@ -312,6 +320,16 @@ class Metrics:
         for key, value in self.events.items():
             out[key] = out.get(key, 0) + value
         return {k: int(v) if float(v).is_integer() else v for k, v in sorted(out.items())}
+
+
+def _ended(load: Load, crashed: bool) -> Load:
+    """A dead shard's last report; a crashed one's connections counted as abnormal ends."""
+    if not crashed or not load.connections:
+        return load
+    key = f"disconnect|{DisconnectKind.ABNORMAL}|1006"
+    counters = dict(load.counters)
+    counters[key] = counters.get(key, 0) + load.connections
+    return msgspec.structs.replace(load, counters=counters)
 
 
 class ShardCollector(Collector):

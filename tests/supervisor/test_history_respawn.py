@@ -113,6 +113,14 @@ async def test_a_killed_shard_is_marked_crashed_then_respawned_and_sampling_goes
             assert players(after[-1], victim) == 0
             assert players(after[-1], other) == on[other]  # the other shard's kept theirs
             assert after[-1]["players"] == on[other]
+            # The dead shard could not count its connections' end: the supervisor counts
+            # the ones its last report carried as abnormal (1006, what the clients saw).
+            full = await ask(server, "history")
+            pairs = zip(full["samples"], full["samples"][1:], strict=False)
+            abnormal = sum(
+                b["rates"].get("disconnect|abnormal", 0) * (b["t"] - a["t"]) for a, b in pairs
+            )
+            assert abs(abnormal - count) < 0.5, (abnormal, count)
 
             # One sample a second throughout, and the ones before the kill still held.
             full = await ask(server, "history")
