@@ -47,9 +47,9 @@ INBOX_KEPT = 1_000  # entries an inbox keeps (requests are answered within secon
 SAYS_KEY = PREFIX + "says"  # the broadcast stream: one entry per say, in one total order
 SAYS_COUNT_KEY = PREFIX + "says:n"  # entries ever added: numbers them without holes
 
-# Broadcast entries kept (approximately: Redis trims in whole nodes). A node cut off for
-# longer than this many says catches up with a gap. Memory: up to this many says' bodies
-# (each at most --max-say-bytes, 4 KiB) in Redis.
+# Broadcast entries kept by default (--cluster-says-kept; approximately: Redis trims in
+# whole nodes). A node cut off for longer than this many says catches up with a gap.
+# Memory: up to this many says' bodies (each at most --max-say-bytes, 4 KiB) in Redis.
 SAYS_KEPT = 10_000
 
 # Lease: renewed every second, lost after five without a renewal. A node cut off from Redis

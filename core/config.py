@@ -145,6 +145,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     cluster: str | None = None
     node: str = ""
     public_url: str = ""
+    # Says kept in the cluster's Redis stream (approximately: Redis trims in whole nodes of
+    # ~100 entries). A node cut off for more says than this catches up with a gap: its
+    # players are told to resume (4003) and their resume reports replay_gap. Memory: up to
+    # this many says' bodies (each at most --max-say-bytes) in Redis.
+    cluster_says_kept: int = 10_000
 
 
 class ShardConfig(msgspec.Struct, kw_only=True, frozen=True):

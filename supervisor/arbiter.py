@@ -265,6 +265,7 @@ class Supervisor:
             on_fenced=self._fenced,
             on_unfenced=self._unfenced,
             players=self.players,
+            says_kept=config.cluster_says_kept,
         )
         try:
             await nursery.start(self.cluster.run)
@@ -1144,10 +1145,17 @@ class Supervisor:
             return refused
         return reply.value
 
-    def _deliver_broadcast(self, message: Broadcast, origin: int | None) -> None:
+    def _deliver_broadcast(self, message: Broadcast, origin: int | None, missed: int = 0) -> None:
         """Number ``message`` in this node's total order and relay it to every shard (and
         parked session). ``origin``: the shard process that sent it, when it is this
-        node's (its sender's ``cseq`` is processed now)."""
+        node's (its sender's ``cseq`` is processed now). ``missed``: cluster mode, this many
+        says before it will never reach this node (trimmed from the stream while it was cut
+        off): their numbers are skipped, so every shard sees the gap and marks its sessions
+        ``replay_gap`` (parked sessions too)."""
+        if missed:
+            self.bseq += missed
+            self.broadcast_log.skip(self.bseq)
+            self.park.missed_broadcasts()
         self.bseq += 1
         frame = encode_frame(msgspec.structs.replace(message, bseq=self.bseq))
         self.broadcast_log.append(self.bseq, frame)

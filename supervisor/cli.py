@@ -430,6 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
         " players here (default: ws://--host:--port)",
     )
     p.add_argument(
+        "--cluster-says-kept",
+        type=int,
+        default=d.cluster_says_kept,
+        metavar="N",
+        help=f"says kept in the cluster's Redis stream (default {d.cluster_says_kept}); a node"
+        " cut off for more says than this tells its players to resume with replay_gap",
+    )
+    p.add_argument(
         "--no-gc-tuning",
         action="store_true",
         help="keep CPython's default GC settings in shards (for benchmarking)",
@@ -444,6 +452,8 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         parser.error("--shards must be at least 1")
     if args.replay_buffer < 1:
         parser.error("--replay-buffer must be at least 1")
+    if args.cluster_says_kept < 1:
+        parser.error("--cluster-says-kept must be at least 1")
     if not 1 <= args.history <= 86400:
         parser.error("--history must be 1..86400 seconds")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
@@ -536,4 +546,5 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
         cluster=args.cluster,
         node=args.node,
         public_url=args.public_url,
+        cluster_says_kept=args.cluster_says_kept,
     )

@@ -87,9 +87,11 @@ class ClusterNode:
         on_fenced: Callable[[], None] = lambda: None,
         on_unfenced: Callable[[], None] = lambda: None,
         players: Callable[[], int] = lambda: 0,
+        says_kept: int = cluster.SAYS_KEPT,
     ) -> None:
         self.redis_url = redis_url
         self.players = players  # connected players, published with each renewal
+        self.says_kept = says_kept  # the says stream's length (approximately)
         self.node = node
         self.public_url = public_url
         self.incarnation = os.urandom(8).hex()
@@ -167,7 +169,7 @@ class ClusterNode:
         return await self.call(
             "publish",
             lambda r: self._publish(
-                keys=[cluster.SAYS_KEY, cluster.SAYS_COUNT_KEY], args=[entry, cluster.SAYS_KEPT]
+                keys=[cluster.SAYS_KEY, cluster.SAYS_COUNT_KEY], args=[entry, self.says_kept]
             ),
         )
 

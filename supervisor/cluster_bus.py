@@ -9,8 +9,10 @@ its own node's included, to ``deliver``, which numbers it locally (``bseq``) and
 to the node's shards: so every node applies the says in the stream's order, and a node cut
 off from Redis for a few seconds resumes from its last id and catches up instead of
 losing what was said meanwhile. Entries carry their number ``n``; a reader that finds
-``n`` jump (it was away longer than the stream keeps) logs ``cluster_broadcast_gap`` with
-how many it missed.
+``n`` jump (it was away longer than the stream keeps, ``--cluster-says-kept``) logs
+``cluster_broadcast_gap`` with how many it missed and hands ``deliver`` the count, so the
+node's ``bseq`` jumps by as much: its shards see the gap, tell their players to resume
+(4003) and their resumes report ``replay_gap``, as on one machine.
 
 Publishing keeps the order of arrival. When Redis does not answer, broadcasts wait in a
 queue of at most ``budget_bytes`` (default 8 MiB) and are retried with backoff (0.05 s
@@ -57,7 +59,7 @@ class BroadcastBus:
     def __init__(
         self,
         node: ClusterNode,
-        deliver: Callable[[Broadcast, int | None], None],
+        deliver: Callable[[Broadcast, int | None, int], None],
         count: Callable[[str, int], None],
         budget_bytes: int = DEFAULT_BUDGET,
     ) -> None:
@@ -166,6 +168,7 @@ class BroadcastBus:
 
     def _deliver(self, entry: Any) -> None:
         n = int(text(entry.field_values["n"]))
+        missed = 0
         if n > self.last_n + 1 and self.last_n:
             missed = n - self.last_n - 1
             self.count("cluster_broadcast_gap", missed)
@@ -181,9 +184,9 @@ class BroadcastBus:
             log("cluster_broadcast_unreadable", node=self.node.node, n=n, error=str(exc)[:200])
             return
         local = item.generation if item.node == self.node.node else None
-        self.delivered += 1
+        self.delivered += 1 + missed  # the missed ones keep their numbers: a gap in bseq
         self.offset = n - self.delivered  # this node's bseq for entry n is n - offset
-        self.deliver(item.broadcast, local)
+        self.deliver(item.broadcast, local, missed)
 
     def status(self) -> dict[str, object]:
         return {

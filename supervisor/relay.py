@@ -64,6 +64,17 @@ class BroadcastLog:
     def get(self, bseq: int) -> bytes | None:
         return self._frames.get(bseq)
 
+    def skip(self, last: int) -> None:
+        """Broadcasts up to ``last`` will never exist here (cluster mode: trimmed from the
+        says stream before this node read them): the log starts again after them. A shard
+        still catching up from before gets a ``BroadcastGap``; live ones see ``bseq`` jump."""
+        if last <= self.last:
+            return
+        self._frames.clear()
+        self.bytes = 0
+        self.first = last + 1
+        self.last = last
+
 
 class RelayQueue:
     """One shard's outbound frames (sans-I/O apart from the ``write`` loop).

@@ -178,6 +178,11 @@ class SessionPark:
             if isinstance(message, Broadcast):
                 _record(session, message.body)
 
+    def missed_broadcasts(self) -> None:
+        """Broadcasts that will never be recorded (cluster mode: trimmed before this node
+        read them): every parked session resumes with ``replay_gap``."""
+        self._gaps.update(self._parked)
+
     def on_broadcast(self, bseq: int, body: bytes) -> None:
         """A broadcast was just numbered: every parked session records it (and the mirrors
         will, when their shards' journals say they applied it)."""

@@ -139,6 +139,26 @@ def test_a_shard_behind_what_the_log_holds_gets_one_gap_then_the_rest() -> None:
     assert decode(drain(queue)) == [51]
 
 
+def test_broadcasts_that_will_never_exist_are_skipped_as_a_gap() -> None:
+    """Cluster mode: says trimmed from the stream before this node read them. A shard that
+    keeps up sees bseq jump (it marks the gap itself); one catching up gets a BroadcastGap
+    for what it no longer can have."""
+    log = BroadcastLog(1_000_000)
+    live = RelayQueue(log, budget=1000, shard=0)
+    behind = RelayQueue(log, budget=300, shard=1)
+    for bseq in range(1, 11):
+        publish(log, [live, behind], bseq)
+    assert decode(drain(live)) == list(range(1, 11))
+    assert decode(behind.take(100)) == [1]  # the rest waits in the log
+    log.skip(30)
+    assert (log.first, log.last, len(log), log.bytes) == (31, 30, 0, 0)
+    publish(log, [live, behind], 31)
+    assert decode(drain(live)) == [31]
+    assert decode(drain(behind)) == [2, 3, (4, 30), 31]
+    log.skip(20)  # behind what it has: nothing changes
+    assert (log.first, log.last) == (31, 31)
+
+
 def test_a_closed_queue_drops_everything_and_takes_nothing() -> None:
     log = BroadcastLog(1000)
     queue = RelayQueue(log, budget=300, shard=0)

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 import trio
 
+from core.close_codes import CloseCode
 from lab.netcut import CuttingProxy
 from lab.rawws import RawClient
 from lab.redis import free_port, open_redis, redis_available
 from lab.server import open_server
 from tests.cluster.test_rooms_across_nodes import node_args
+from tests.support import resume_path
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -83,3 +85,42 @@ async def test_says_from_every_node_reach_every_player_once_in_one_order() -> No
                     assert await said_texts(player, len(later)) == on_a
                 assert not c.log.events("cluster_broadcast_gap")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_node_cut_off_for_longer_than_the_stream_keeps_tells_its_players_of_the_gap() -> (
+    None
+):
+    """The says stream keeps about ``--cluster-says-kept`` entries. Node a is cut off while
+    far more says than that are made on b: back, a finds the stream's numbers jump, and its
+    player - who can never get the trimmed says - is told to resume (4003) and its resume
+    reports ``replay_gap`` (as on one machine), instead of silently missing them."""
+    more = ("--cluster-says-kept", "10", "--max-message-rate", "2000", "--message-burst", "2000")
+    async with open_redis() as redis, trio.open_nursery() as nursery:
+        proxy = CuttingProxy("127.0.0.1", redis.port)
+        await nursery.start(proxy.run)
+        via_proxy = f"redis://127.0.0.1:{proxy.port}/0"
+        async with (
+            open_server(*node_args(via_proxy, "a", free_port(), *more), shards=1) as a,
+            open_server(*node_args(redis.url, "b", free_port(), *more), shards=1) as b,
+        ):
+            player, welcome = await RawClient.open(a.port, "/")
+            talker, _ = await RawClient.open(b.port, "/")
+            assert welcome is not None
+            await talker.send({"type": "say", "text": "before"})
+            last_seq = (await player.receive_until("said", text="before"))["seq"]
+            proxy.blackhole(True)
+            for i in range(300):
+                await talker.send({"type": "say", "text": f"cut-{i}"})
+            await talker.receive_until("said", text="cut-299", timeout=20)
+            await talker.send({"type": "say", "text": "after"})
+            proxy.blackhole(False)
+            await a.log.wait_for("cluster_broadcast_gap", node="a", timeout=20)
+            code = await player.closed_with(timeout=20)
+            assert code == CloseCode.RESYNC
+            again, back = await RawClient.open(a.port, resume_path(welcome, last_seq))
+            assert back is not None and back["session"] == welcome["session"], back
+            assert back["resumed"] is True and back["replay_gap"] is True, back
+            await talker.send({"type": "say", "text": "later"})
+            await again.receive_until("said", text="later")
+            assert b.process.returncode is None
+        nursery.cancel_scope.cancel()
