@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import trio
 
 from client import Backoff, Connected, Message, Resumed, SessionLost, open_reconnecting_client
-from lab.server import ServerProcess
 
 # A rolling restart that fits a test: quick reconnect hints, a 2 s close window, short
 # drains, sub-second heartbeats.
@@ -36,6 +35,12 @@ ROLL_ARGS = (
 )
 SAMPLE_S = 0.05
 MAX_SAMPLES = 72_000  # one hour of 50 ms samples: the sampler ends even if nothing stops it
+
+
+class Reachable(Protocol):
+    """Where the players connect: a server (``lab.server.ServerProcess``) or a balancer."""
+
+    def url(self, path: str = "/") -> str: ...
 
 
 class Bar(Protocol):
@@ -116,7 +121,7 @@ def paths(count: int, rooms: int, per_room: int) -> list[str]:
 
 
 async def run_crowd(
-    server: ServerProcess,
+    server: Reachable,
     crowd: Crowd,
     during: Any,
     *,
