@@ -8,10 +8,13 @@ import signal
 from typing import Any
 
 import pytest
+import trio
 
 from core.close_codes import CloseCode
+from core.cluster import LEASE_TTL_S
 from lab.rawws import Closed, RawClient
 from lab.redis import open_redis, redis_available
+from lab.server import kill_tree
 from tests.cluster.test_rooms_across_nodes import open_nodes
 from tests.support import resume_path
 
@@ -81,3 +84,40 @@ async def test_a_leaving_nodes_room_moves_with_its_game_and_players_to_another_n
         assert (await bob.receive_until("moved", session=wa["session"]))["total"] == 6
         # Nothing of a's room is left in Redis for anyone else to claim.
         assert await redis.query("EXISTS", "{ws}:roomstate:duel") == b":0"
+
+
+async def test_a_dead_nodes_room_players_resume_on_another_node_from_their_checkpoints() -> None:
+    """A node SIGKILLed: nothing could be handed over. Once its lease is gone, its room's
+    players resume their sessions on another node from the checkpoints it kept in Redis
+    (``recovered: true``, as after a shard crash) and are seated in the room afresh there
+    (games are not checkpointed)."""
+    async with open_redis() as redis:
+        more = (*GAME, "--checkpoint-interval", "0.5")
+        async with open_nodes(redis, "a", "b", more=more) as nodes:
+            a, b = nodes["a"], nodes["b"]
+            alice, wa = await RawClient.open(a.port, "/rooms/duel")
+            assert wa is not None
+            last = (await alice.echo("hello"))["seq"]
+            with trio.fail_after(10):
+                while await redis.query("HEXISTS", "{ws}:checkpoints:a", wa["session"]) != b":1":
+                    await trio.sleep(0.05)
+            kill_tree(a.pid, a.all_pids())
+            # Until a's lease runs out (5 s) b redirects to a, as a client would be told.
+            with trio.fail_after(LEASE_TTL_S + 10):
+                while True:
+                    path = resume_path(wa, last, "/rooms/duel")
+                    again, _ = await RawClient.open(b.port, path, welcome=False)
+                    back = await again.receive(timeout=10)
+                    if back["type"] == "welcome":
+                        break
+                    assert back["type"] == "redirect", back
+                    await again.aclose()
+                    await trio.sleep(0.2)
+            assert back["session"] == wa["session"], back
+            assert back["resumed"] is True and back["recovered"] is True, back
+            state = await again.receive_until("room_state")
+            assert state["room"] == "duel" and wa["session"] in [
+                s["session"] for s in state["seats"]
+            ]
+            claimed = await b.log.wait_for("room_claimed", room="duel", node="b")
+            assert claimed["fence"] == "2"
