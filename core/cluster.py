@@ -124,6 +124,22 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return {'ok', ARGV[2]}
 """
 
+# KEYS[1] the node set; ARGV: lease prefix, rooms-of prefix. Every node seen, in one call
+# (each node runs it once a second for its status): {name, url, players, lease ms left,
+# rooms owned, ...} - a name whose lease is gone has url false and ms <= 0.
+NODES_STATUS = """
+local out = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local info = redis.call('HMGET', ARGV[1] .. name, 'url', 'players')
+  out[#out + 1] = name
+  out[#out + 1] = info[1]
+  out[#out + 1] = info[2]
+  out[#out + 1] = redis.call('PTTL', ARGV[1] .. name)
+  out[#out + 1] = redis.call('SCARD', ARGV[2] .. name)
+end
+return out
+"""
+
 # KEYS[1] the node's lease; ARGV: its incarnation. A node leaving gives its name back at
 # once (the next start under that name need not wait out the TTL).
 LEAVE = """

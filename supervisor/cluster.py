@@ -119,6 +119,7 @@ class ClusterNode:
         self._sync: Any = None
         self._find: Any = None
         self._leave: Any = None
+        self._nodes: Any = None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, ``join``, report started, then keep the lease until cancelled."""
@@ -138,6 +139,7 @@ class ClusterNode:
                 self._sync = redis.register_script(cluster.SYNC_SESSIONS)
                 self._find = redis.register_script(cluster.TAKE_SESSION)
                 self._leave = redis.register_script(cluster.LEAVE)
+                self._nodes = redis.register_script(cluster.NODES_STATUS)
                 try:
                     await self.join()
                 except (ClusterRefused, ClusterUnavailable) as exc:
@@ -388,26 +390,30 @@ class ClusterNode:
         return bool(done)
 
     async def nodes(self) -> list[dict[str, object]]:
-        """Every node seen: name, public URL, lease time left (0: dead), rooms owned."""
-        names = sorted(await self.call("status", lambda r: r.smembers(cluster.NODES_KEY)))
-        out: list[dict[str, object]] = []
-        for name in names:
-            url, players = await self.call(
-                "status", lambda r, n=name: r.hmget(cluster.lease_key(n), ["url", "players"])
+        """Every node seen: name, public URL, players, lease time left (0: dead), rooms
+        owned. One Redis call (``NODES_STATUS``) whatever the number of nodes."""
+        flat = list(
+            await self.call(
+                "status",
+                lambda r: self._nodes(
+                    keys=[cluster.NODES_KEY], args=[cluster.LEASE_PREFIX, cluster.ROOMS_OF_PREFIX]
+                ),
             )
-            ttl = await self.call("status", lambda r, n=name: r.pttl(cluster.lease_key(n)))
-            rooms = await self.call("status", lambda r, n=name: r.scard(cluster.rooms_of_key(n)))
+        )
+        out: list[dict[str, object]] = []
+        for i in range(0, len(flat) - 4, 5):
+            name, url, players, ttl, rooms = flat[i : i + 5]
             out.append(
                 {
-                    "node": name,
-                    "url": url,
+                    "node": text(name),
+                    "url": text(url) if url else None,
                     "lease_ms": max(0, int(ttl)),
-                    "alive": ttl > 0,
+                    "alive": int(ttl) > 0,
                     "rooms": int(rooms),
                     "players": int(players or 0),
                 }
             )
-        return out
+        return sorted(out, key=lambda m: str(m["node"]))
 
     def status(self) -> dict[str, object]:
         """This node's view without a Redis call (for /status and the control socket)."""

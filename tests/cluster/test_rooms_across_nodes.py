@@ -119,12 +119,18 @@ async def test_a_room_connection_on_another_node_is_redirected_to_its_owner() ->
         status = json.loads(await a.command("status", "--json"))["cluster"]
         assert status["node"] == "a" and status["reachable"] and not status["fenced"], status
         assert 0 < status["lease_s"] <= LEASE_TTL_S
-        expected = {"a": (True, 1), "b": (True, 1), "c": (True, 0)}
+        # Every node as a sees it: alive, rooms owned, players connected (a: the room's
+        # three, b: r2's one).
+        expected = {"a": (True, 1, 3), "b": (True, 1, 1), "c": (True, 0, 0)}
+
+        def members(status: dict[str, Any]) -> dict[str, tuple[bool, int, int]]:
+            return {m["node"]: (m["alive"], m["rooms"], m["players"]) for m in status["members"]}
+
         with trio.move_on_after(5):  # members are read once per renewal
-            while {m["node"]: (m["alive"], m["rooms"]) for m in status["members"]} != expected:
+            while members(status) != expected:
                 await trio.sleep(0.2)
                 status = json.loads(await a.command("status", "--json"))["cluster"]
-        assert {m["node"]: (m["alive"], m["rooms"]) for m in status["members"]} == expected
+        assert members(status) == expected
         text = await a.command("status")
         assert "cluster node a" in text and "node b ws://127.0.0.1:" in text, text
 
