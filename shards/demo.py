@@ -65,6 +65,14 @@ class Room:
         )
 
 
+class ExportedGame(msgspec.Struct, kw_only=True):
+    """A room's game on its way to another shard or node: ``turn_left_s`` is the time the
+    current turn had left (None: no game running)."""
+
+    state: GameState
+    turn_left_s: float | None
+
+
 class DemoApp:
     """``turn_seconds`` (default 10): time for a move before the AI plays it.
     ``ai_think_seconds`` (default 0.5): how soon the AI moves for an away player.
@@ -146,18 +154,25 @@ class DemoApp:
 
     # ------------------------------------------------------------------ rolling restarts
     def export_room(self, room_id: str) -> bytes | None:
-        """The room's game, serialised for the sibling that adopts it; forgotten here."""
+        """The room's game, serialised for the shard that adopts it (a sibling, or in
+        cluster mode one on another machine); forgotten here. The turn's deadline travels
+        as the time left: monotonic clocks are not shared between machines."""
         room = self.rooms.pop(room_id, None)
         if room is None:
             return None
         if room.timer is not None:
             room.timer.cancel()
-        return msgspec.msgpack.encode(room.game.state)
+        state = room.game.state
+        left = max(0.0, state.turn_deadline - time.monotonic()) if state.turn_deadline else None
+        return msgspec.msgpack.encode(ExportedGame(state=state, turn_left_s=left))
 
     def import_room(self, room_id: str, data: bytes, sessions: list[Session]) -> None:
-        """Continue a room's game from ``export_room`` (turn deadlines are monotonic time,
-        shared by every process of the machine, so the clock keeps running)."""
-        state = msgspec.msgpack.decode(data, type=GameState)
+        """Continue a room's game from ``export_room``: the turn's clock goes on from the
+        time it had left."""
+        exported = msgspec.msgpack.decode(data, type=ExportedGame)
+        state = exported.state
+        left = exported.turn_left_s
+        state.turn_deadline = 0.0 if left is None else time.monotonic() + left
         room = self.rooms[room_id] = Room(room_id, self.turn_seconds)
         room.game = Race21(state, self.turn_seconds)
         room.members = {session.id: session for session in sessions}
