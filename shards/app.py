@@ -16,6 +16,12 @@ updates are quick, and anything slow belongs in a task the app starts itself):
 * ``on_leave(session, reason)`` - the session ended: ``graceful`` (closed 1000/1001),
   ``policy`` (closed for bad input) or ``expired`` (the grace window ran out).
 * ``on_handoff(session)`` (optional) - the session moved to another shard (a resume there).
+* ``export_room(room_id) -> bytes | None`` and ``import_room(room_id, data, sessions)``
+  (optional) - a room moves with its players: to the replacement shard in a rolling
+  restart, or in cluster mode to whichever node claims it after its node left (through
+  Redis, possibly on another machine: put no monotonic times or process-local ids in
+  ``data``; ``shards/demo.py`` sends a turn's deadline as the time left). Without them a
+  moved room's game starts afresh; its players' sessions move either way.
 
 ``server.send(session, message)`` queues a stream message (a ``core.protocol.StreamMessage``
 subclass) for one session: ``seq`` is stamped for you and it is kept for replay.
