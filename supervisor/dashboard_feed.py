@@ -36,6 +36,19 @@ FOLLOWER_QUEUE = 32  # samples/markers a live follower may be behind before it i
 MAX_FOLLOWERS = 16  # /dashboard/events streams at once; more get 503
 
 
+def _row(gc_p99_ms: float | None) -> dict[str, Any]:
+    """A shard slot's row in a sample, before its processes are counted in."""
+    return {
+        "players": 0,
+        "sessions": 0,
+        "away": 0,
+        "rooms": 0,
+        "state": "down",
+        "pid": None,
+        "gc_p99_ms": gc_p99_ms,
+    }
+
+
 class DashboardFeed:
     """Samples ``supervisor`` once a second; see the module docstring."""
 
@@ -97,30 +110,11 @@ class DashboardFeed:
         # Per slot: every process of it summed (during a roll step the old shard drains
         # while its replacement fills); "draining" while any of them drains.
         shards: dict[str, dict[str, Any]] = {
-            str(slot): {
-                "players": 0,
-                "sessions": 0,
-                "away": 0,
-                "rooms": 0,
-                "state": "down",
-                "pid": None,
-                "gc_p99_ms": self._gc_p99(slot, slots.get(slot)),
-            }
+            str(slot): _row(self._gc_p99(slot, slots.get(slot)))
             for slot in range(sup.config.shards)
         }
         for entry in status["shards"]:  # type: ignore[union-attr]
-            row = shards.setdefault(
-                str(entry["shard"]),
-                {
-                    "players": 0,
-                    "sessions": 0,
-                    "away": 0,
-                    "rooms": 0,
-                    "state": "down",
-                    "pid": None,
-                    "gc_p99_ms": None,
-                },
-            )
+            row = shards.setdefault(str(entry["shard"]), _row(None))
             handle = sup.processes.get(entry["generation"])
             load = handle.load if handle is not None else None
             row["players"] += entry["connections"]

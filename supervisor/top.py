@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+from core.close_codes import DisconnectKind
 from core.config import ServerConfig
 from supervisor import control_socket
 
@@ -38,14 +39,7 @@ RING_SAMPLES = 120  # samples kept locally (~1 KB each with 8 shards)
 MARKERS_KEPT = 50
 MARKERS_SHOWN = 5  # at most; fewer when the terminal is short
 REQUEST_TIMEOUT = 3.0  # a supervisor that does not answer within this is reported, not awaited
-DISCONNECT_KINDS = (
-    "graceful",
-    "abnormal",
-    "heartbeat_timeout",
-    "policy",
-    "shutdown",
-    "application",
-)
+DISCONNECT_KINDS = tuple(str(kind) for kind in DisconnectKind)
 RESUME_RESULTS = ("ok", "recovered", "invalid", "expired")  # others are listed when seen
 MIN_SPARK = 5  # narrower than this, a sparkline is left out
 BAR_WIDTH = 24  # the roll progress bar, at most
