@@ -142,6 +142,7 @@ class Supervisor:
         self.directory: SessionDirectory = InMemoryDirectory()
         self.bseq = 0  # broadcasts numbered in one total order for every shard
         self._session_locks: dict[str, trio.Lock] = {}
+        self._room_locks: dict[str, trio.Lock] = {}  # cluster mode: one claim per room at once
         self._surrenders: dict[int, _Reply] = {}
         self._next_request = 0
         self._returned = trio.Event()
@@ -926,13 +927,25 @@ class Supervisor:
         assert self.cluster is not None and note.room is not None
         if self.cluster.fenced:
             raise ClusterUnavailable("this node's lease is lost")
-        if self._live(self.directory.room_owner(note.room)) is not None:
+        room = note.room
+        if self._live(self.directory.room_owner(room)) is not None:
             return note  # hosted or placed here: this node's claim holds it
-        claim = await self.cluster.claim_room(note.room)
-        if claim.owner == self.cluster.node:
-            if claim.state is not None:
-                await self._adopt_room(note.room, claim.state)
-            return note
+        # One claim per room at a time on this node: a room that comes with a left node's
+        # state is adopted by a shard before its other players' connections are placed
+        # (else they would seat a second, fresh copy of the room on another shard).
+        lock = self._room_locks.setdefault(room, trio.Lock())
+        try:
+            async with lock:
+                if self._live(self.directory.room_owner(room)) is not None:
+                    return note  # adopted or placed while this connection waited
+                claim = await self.cluster.claim_room(room)
+                if claim.owner == self.cluster.node:
+                    if claim.state is not None:
+                        await self._adopt_room(room, claim.state)
+                    return note
+        finally:
+            if not lock.statistics().tasks_waiting and not lock.locked():
+                self._room_locks.pop(room, None)
         self.cluster.redirects += 1
         return msgspec.structs.replace(note, redirect=claim.url)
 

@@ -59,14 +59,22 @@ async def test_a_leaving_nodes_room_moves_with_its_game_and_players_to_another_n
         stored = await a.log.wait_for("room_stored", room="duel")
         assert stored["ok"] == "true" and stored["sessions"] == "2"
 
-        # Both come back through node b, resuming their sessions in the same room.
+        # Both come back through node b at once (one claims the room and gets its state;
+        # the other must wait for the adoption, not seat a fresh copy of the room), each
+        # resuming its session in the same room, on the same shard.
         players: dict[str, tuple[RawClient, dict[str, Any]]] = {}
-        for name, welcome, last in (("alice", wa, last_a), ("bob", wb, last_b)):
+
+        async def resume(name: str, welcome: dict[str, Any], last: int) -> None:
             client, back = await RawClient.open(b.port, resume_path(welcome, last, "/rooms/duel"))
             assert back is not None and back["session"] == welcome["session"], back
             assert back["resumed"] is True and not back.get("resume_error"), back
             assert not back.get("replay_gap") and not back.get("recovered"), back
             players[name] = (client, back)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(resume, "alice", wa, last_a)
+            nursery.start_soon(resume, "bob", wb, last_b)
+        assert players["alice"][1]["shard"] == players["bob"][1]["shard"]
         adopted = await b.log.wait_for("room_adopted", room="duel")
         assert adopted["sessions"] == "2"
         claimed = await b.log.wait_for("room_claimed", room="duel", node="b")
