@@ -4,8 +4,9 @@ came back to.
 * ``held`` / ``ended``: this node's shards started holding a session or ended it. Both are
   queued and written to Redis in batches (one ``SYNC_SESSIONS`` call per batch of up to
   ``SYNC_BATCH``, as soon as the previous one returned), so a connection storm costs a
-  few Redis calls, not one per player. A resume that lands on another node within that
-  moment (a few ms) finds no holder and gets a new session (``resume_error``).
+  few Redis calls, not one per player. A resume with a session's first token that lands
+  on another node within that moment finds no holder yet: it looks again for up to
+  ``NEW_SESSION_WAIT_S`` before answering ``resume_error``.
 * ``fetch``: a player resumes here a session another node holds. The holder is looked up
   (a holder whose lease is gone has lost its sessions: nothing to fetch), asked through
   its inbox stream (``{ws}:inbox:NODE``) to surrender the session if the token's epoch is
@@ -46,6 +47,12 @@ SYNC_BATCH = 500  # session starts/ends/checkpoints per Redis call...
 SYNC_BYTES = 1024 * 1024  # ...and at most about this many bytes of checkpoints
 CHECKPOINT_BUDGET = 64 * 1024 * 1024  # checkpoint bytes queued while Redis does not answer
 READ_BLOCK_MS = 1000
+# A resume with a session's first token that no node has registered yet is looked up
+# again every NEW_SESSION_POLL_S for NEW_SESSION_WAIT_S (its node's registry write may be
+# in flight): at most 20 more Redis calls, and that much later a resume_error for a first
+# token that names no session at all.
+NEW_SESSION_WAIT_S = 1.0
+NEW_SESSION_POLL_S = 0.05
 
 
 class StoredCheckpoint(msgspec.Struct, kw_only=True):
@@ -208,6 +215,15 @@ class ClusterSessions:
         TTL (``cluster.fetch_wait``), which the requesting shard waits for."""
         try:
             kind, holder, read = await self.node.take_session(fetch.session)
+            # A session's first token (epoch 1) may come back here before its node's
+            # batched registry write landed (a player switching nodes right after its
+            # welcome): look again for a moment before calling it unknown.
+            deadline = trio.current_time() + NEW_SESSION_WAIT_S
+            if kind == "none" and fetch.epoch == 1:
+                log("cluster_fetch_unregistered", session=fetch.session, wait_s=NEW_SESSION_WAIT_S)
+            while kind == "none" and fetch.epoch == 1 and trio.current_time() < deadline:
+                await trio.sleep(NEW_SESSION_POLL_S)
+                kind, holder, read = await self.node.take_session(fetch.session)
         except ClusterUnavailable as exc:
             log("cluster_fetch_failed", session=fetch.session, error=str(exc)[:200])
             return None

@@ -4,6 +4,8 @@ unprocessed messages told by ``last_cseq``), and its token then works nowhere el
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 
@@ -186,3 +188,42 @@ async def holder_is(redis: RedisServer, session: str, node: str) -> bool:
     """Whether the cluster's session registry names ``node`` as ``session``'s holder."""
     script = "return redis.call('GET', KEYS[1]) == ARGV[1] and 1 or 0"
     return await redis.query("EVAL", script, "1", f"{{ws}}:session:{session}", node) == b":1"
+
+
+async def test_a_player_switching_nodes_right_after_its_welcome_keeps_its_session() -> None:
+    """Node a's registry write of a new session is held up (its Redis traffic goes through
+    a proxy the test stalls for 0.3 s): the player, switching networks right after its
+    welcome, resumes on b before any node knows where the session is. b looks again for a
+    moment instead of answering resume_error, and the session moves from a once a's write
+    lands."""
+    async with open_redis() as redis, trio.open_nursery() as nursery:
+        proxy = CuttingProxy("127.0.0.1", redis.port)
+        await nursery.start(proxy.run)
+        via_proxy = f"redis://127.0.0.1:{proxy.port}/0"
+        async with (
+            open_server(*node_args(via_proxy, "a", free_port()), shards=1) as a,
+            open_server(*node_args(redis.url, "b", free_port()), shards=1) as b,
+        ):
+            proxy.blackhole(True)  # a's writes wait in the proxy (not lost)
+            player, welcome = await RawClient.open(a.port, "/")
+            assert welcome is not None
+            assert (await player.echo("first"))["seq"] == 1
+            player.vanish()
+            back: dict[str, Any] = {}
+
+            async def resume() -> None:
+                _, w = await RawClient.open(b.port, resume_path(welcome, 1))
+                assert w is not None
+                back.update(w)
+
+            async with trio.open_nursery() as resuming:
+                resuming.start_soon(resume)
+                # b has asked Redis and found nobody; a's write is still in the proxy.
+                await b.log.wait_for(
+                    "cluster_fetch_unregistered", session=welcome["session"], timeout=10
+                )
+                await trio.sleep(0.3)
+                proxy.blackhole(False)
+            assert back["session"] == welcome["session"], back
+            assert back["resumed"] is True and not back.get("resume_error"), back
+        nursery.cancel_scope.cancel()
