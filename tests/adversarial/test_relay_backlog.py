@@ -350,11 +350,18 @@ async def test_a_shard_stopped_past_the_log_gets_one_gap_and_no_say_twice() -> N
 
 
 async def welcomed_on(server: ServerProcess, shard: int) -> tuple[RawClient, dict[str, Any]]:
-    """A client welcomed by ``shard``. Clients that land elsewhere vanish (TCP reset): their
-    sessions stay away for --grace, so no user_left enters the stream under test."""
-    for _ in range(60):
-        client, welcome = await welcomed(server)
-        if welcome["shard"] == shard:
-            return client, welcome
-        client.vanish()
+    """A client welcomed by ``shard``. Clients that land elsewhere stay connected until
+    then - the shards accept by load, so the next connection goes to the emptier one -
+    and then vanish (TCP reset): their sessions stay away for --grace, so no user_left
+    enters the stream under test."""
+    elsewhere: list[RawClient] = []
+    try:
+        for _ in range(60):
+            client, welcome = await welcomed(server)
+            if welcome["shard"] == shard:
+                return client, welcome
+            elsewhere.append(client)
+    finally:
+        for other in elsewhere:
+            other.vanish()
     raise AssertionError(f"shard {shard} never accepted a connection")
