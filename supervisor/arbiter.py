@@ -70,6 +70,7 @@ from supervisor import control_socket, metrics
 from supervisor.cluster_rooms import RoomExports, StoredRoom, decode_room, encode_room
 from supervisor.dashboard_feed import DashboardFeed
 from supervisor.handover import Handover
+from supervisor.key_locks import KeyLocks
 from supervisor.relay import BroadcastLog, RelayQueue
 from supervisor.session_park import SessionPark
 
@@ -141,8 +142,8 @@ class Supervisor:
         self._exit_code = 0
         self.directory: SessionDirectory = InMemoryDirectory()
         self.bseq = 0  # broadcasts numbered in one total order for every shard
-        self._session_locks: dict[str, trio.Lock] = {}
-        self._room_locks: dict[str, trio.Lock] = {}  # cluster mode: one claim per room at once
+        self._session_locks = KeyLocks()  # one fetch or surrender per session at once
+        self._room_locks = KeyLocks()  # cluster mode: one claim per room at once
         self._surrenders: dict[int, _Reply] = {}
         self._next_request = 0
         self._returned = trio.Event()
@@ -933,19 +934,14 @@ class Supervisor:
         # One claim per room at a time on this node: a room that comes with a left node's
         # state is adopted by a shard before its other players' connections are placed
         # (else they would seat a second, fresh copy of the room on another shard).
-        lock = self._room_locks.setdefault(room, trio.Lock())
-        try:
-            async with lock:
-                if self._live(self.directory.room_owner(room)) is not None:
-                    return note  # adopted or placed while this connection waited
-                claim = await self.cluster.claim_room(room)
-                if claim.owner == self.cluster.node:
-                    if claim.state is not None:
-                        await self._adopt_room(room, claim.state)
-                    return note
-        finally:
-            if not lock.statistics().tasks_waiting and not lock.locked():
-                self._room_locks.pop(room, None)
+        async with self._room_locks.hold(room):
+            if self._live(self.directory.room_owner(room)) is not None:
+                return note  # adopted or placed while this connection waited
+            claim = await self.cluster.claim_room(room)
+            if claim.owner == self.cluster.node:
+                if claim.state is not None:
+                    await self._adopt_room(room, claim.state)
+                return note
         self.cluster.redirects += 1
         return msgspec.structs.replace(note, redirect=claim.url)
 
@@ -1052,28 +1048,23 @@ class Supervisor:
         Fetches of one session are serialised, so of two racing resumes the second is
         routed to the winner's shard and refused there (its token epoch is used up).
         """
-        lock = self._session_locks.setdefault(fetch.session, trio.Lock())
-        try:
-            async with lock:
-                answer = await self._surrender_from_holder(requester, fetch)
-                if answer.batch is not None:
-                    self.directory.move(fetch.session, requester.generation)
-                    self.park.expect_arrival(requester.generation, answer.batch)
-                    if self.remote is not None:
-                        self.remote.held(fetch.session)  # it may come from another node
-                requester.send_frame(
-                    encode_frame(msgspec.structs.replace(answer, request=fetch.request))
-                )
-                log(
-                    "handoff",
-                    session=fetch.session,
-                    to_shard=requester.index,
-                    ok=answer.batch is not None,
-                    error=answer.error,
-                )
-        finally:
-            if not lock.statistics().tasks_waiting and not lock.locked():
-                self._session_locks.pop(fetch.session, None)
+        async with self._session_locks.hold(fetch.session):
+            answer = await self._surrender_from_holder(requester, fetch)
+            if answer.batch is not None:
+                self.directory.move(fetch.session, requester.generation)
+                self.park.expect_arrival(requester.generation, answer.batch)
+                if self.remote is not None:
+                    self.remote.held(fetch.session)  # it may come from another node
+            requester.send_frame(
+                encode_frame(msgspec.structs.replace(answer, request=fetch.request))
+            )
+            log(
+                "handoff",
+                session=fetch.session,
+                to_shard=requester.index,
+                ok=answer.batch is not None,
+                error=answer.error,
+            )
 
     async def _park_loop(self) -> None:
         """End parked sessions whose grace ran out (one task)."""
@@ -1111,21 +1102,16 @@ class Supervisor:
         shard surrenders it (if ``epoch`` is the token's current one) and it leaves this
         node's directory and checkpoints."""
         fetch = Fetch(request=0, shard=-1, session=session, epoch=epoch)
-        lock = self._session_locks.setdefault(session, trio.Lock())
-        try:
-            async with lock:
-                owner = self.directory.owner_of(session)
-                answer = await self._surrender_from_holder(None, fetch, remote=False)
-                if answer.batch is not None:
-                    if owner is not None:
-                        self.directory.release(session, owner)
-                    self.park.forget(session)
-                    if self.remote is not None:
-                        self.remote.ended(session)  # its checkpoint here goes too
-                return answer
-        finally:
-            if not lock.statistics().tasks_waiting and not lock.locked():
-                self._session_locks.pop(session, None)
+        async with self._session_locks.hold(session):
+            owner = self.directory.owner_of(session)
+            answer = await self._surrender_from_holder(None, fetch, remote=False)
+            if answer.batch is not None:
+                if owner is not None:
+                    self.directory.release(session, owner)
+                self.park.forget(session)
+                if self.remote is not None:
+                    self.remote.ended(session)  # its checkpoint here goes too
+            return answer
 
     async def _surrender_from_holder(
         self, requester: ShardHandle | None, fetch: Fetch, remote: bool = True
