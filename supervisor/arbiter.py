@@ -69,7 +69,7 @@ from shards.routing import receive_connection, send_connection
 from supervisor import control_socket, metrics
 from supervisor.cluster_rooms import RoomExports, StoredRoom, decode_room, encode_room
 from supervisor.dashboard_feed import DashboardFeed
-from supervisor.handover import Handover
+from supervisor.handover import Handover, give
 from supervisor.key_locks import KeyLocks
 from supervisor.relay import BroadcastLog, RelayQueue
 from supervisor.session_park import SessionPark
@@ -359,21 +359,15 @@ class Supervisor:
         batches = stored.batches or [SnapshotBatch(bodies=[], sessions=[])]
         try:
             for i, batch in enumerate(batches):
-                for snap in batch.sessions:
-                    self.park.keep(target.generation, snap, batch.bodies, applied)
-                self.park.expect_arrival(target.generation, batch)
-                target.send_frame(
-                    encode_frame(
-                        Adopt(
-                            unit=unit,
-                            room=room,
-                            app_state=stored.app_state if i == 0 else None,
-                            batch=batch,
-                            applied_bseq=applied,
-                            final=i == len(batches) - 1,
-                        )
-                    )
+                part = Adopt(
+                    unit=unit,
+                    room=room,
+                    app_state=stored.app_state if i == 0 else None,
+                    batch=batch,
+                    applied_bseq=applied,
+                    final=i == len(batches) - 1,
                 )
+                give(target, part, self.park.keep, self.park.expect_arrival)
             with trio.move_on_after(self.config.fetch_timeout):
                 await adopted.wait()
         finally:

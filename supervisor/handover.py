@@ -31,6 +31,20 @@ if TYPE_CHECKING:
     from supervisor.arbiter import ShardHandle
 
 
+Keep = Callable[[int, SessionSnapshot, list[bytes], int], None]
+Arriving = Callable[[int, SnapshotBatch], None]
+
+
+def give(new: ShardHandle, part: Adopt, keep: Keep, arriving: Arriving) -> None:
+    """Send ``new`` one part of a unit to adopt. Its sessions are kept first as checkpoints
+    of ``new`` (``keep``; should ``new`` die, they resume from them) and announced to the
+    session park (``arriving``: ``new``'s journal will say when they arrived)."""
+    for snap in part.batch.sessions:
+        keep(new.generation, snap, part.batch.bodies, part.applied_bseq)
+    arriving(new.generation, part.batch)
+    new.send_frame(encode_frame(part))
+
+
 class Handover:
     """``old``'s units to ``new``. ``keep(generation, snapshot, bodies, applied_bseq)`` stores
     a session's snapshot as a checkpoint, ``arriving(generation, batch)`` tells the session
@@ -43,8 +57,8 @@ class Handover:
         new: ShardHandle,
         directory: SessionDirectory,
         timeout: float,
-        keep: Callable[[int, SessionSnapshot, list[bytes], int], None],
-        arriving: Callable[[int, SnapshotBatch], None],
+        keep: Keep,
+        arriving: Arriving,
         returning: set[str],
     ) -> None:
         self.old = old
@@ -66,22 +80,19 @@ class Handover:
         if self.failed is not None:
             self.old.send_frame(encode_frame(Evacuated(unit=message.unit, ok=False)))
             return
-        ids = self._parts.setdefault(message.unit, [])
-        for snap in message.batch.sessions:
-            ids.append(snap.id)
-            self._keep(self.new.generation, snap, message.batch.bodies, message.applied_bseq)
-        self._arriving(self.new.generation, message.batch)
-        self.new.send_frame(
-            encode_frame(
-                Adopt(
-                    unit=message.unit,
-                    room=message.room,
-                    app_state=message.app_state,
-                    batch=message.batch,
-                    applied_bseq=message.applied_bseq,
-                    final=message.final,
-                )
-            )
+        self._parts.setdefault(message.unit, []).extend(s.id for s in message.batch.sessions)
+        give(
+            self.new,
+            Adopt(
+                unit=message.unit,
+                room=message.room,
+                app_state=message.app_state,
+                batch=message.batch,
+                applied_bseq=message.applied_bseq,
+                final=message.final,
+            ),
+            self._keep,
+            self._arriving,
         )
         if message.final:
             deadline = trio.current_time() + self.timeout
