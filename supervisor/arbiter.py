@@ -175,7 +175,6 @@ class Supervisor:
         self.rooms_out = RoomExports()  # cluster mode, leaving: rooms on their way to Redis
         self._adoptions: dict[int, trio.Event] = {}  # cluster rooms being adopted, by unit
         self._next_adoption = 1 << 40  # their unit numbers (a roll's are the old shard's)
-        self._roll_steps = 0  # shards the roll in progress replaces
         self._roll_done = 0  # of them, replaced so far
         self._roll_shard: int | None = None  # the slot being replaced now
         self._step_handover: Handover | None = None  # its hand-off (kept while players return)
@@ -396,16 +395,17 @@ class Supervisor:
             owner = self.directory.owner_of(sid)
             self.park.forget(sid)
             holder = self.processes.get(owner) if owner is not None else None
-            if owner is None or holder is None:
+            if holder is None:
                 continue
-            self.directory.release(sid, owner)
+            self.directory.release(sid, holder.generation)
             holder.send_frame(encode_frame(Surrender(request=0, session=sid, epoch=0, force=True)))
             self.metrics.count("cluster_session_stale")
             log("session_stale", session=sid, shard=holder.index, reason="held by another node")
 
     async def _release_all_rooms(self) -> None:
-        """A leaving node gives every room back (its shards end the room sessions): the
-        next connection for one of them, on any node, claims it there."""
+        """A leaving node, its shards gone, gives back the rooms it still claims (those
+        whose state could not be stored, or whose shard was killed before it evacuated
+        them): the next connection for one of them, on any node, claims it there."""
         assert self.cluster is not None
         for handle in self.processes.values():
             for room in self.directory.rooms_of(handle.generation):
@@ -546,11 +546,11 @@ class Supervisor:
         handover = self._step_handover
         moved = handover.evacuated if handover is not None else 0
         return {
-            "steps": self._roll_steps,
+            "steps": len(self.shards),
             "done": self._roll_done,
             "shard": self._roll_shard,
             "moved": moved,
-            "back": max(0, moved - len(self._returning)) if handover is not None else 0,
+            "back": max(0, moved - len(self._returning)),
         }
 
     def _cluster_status(self) -> dict[str, object]:
@@ -588,7 +588,7 @@ class Supervisor:
         """Replace shards 0..N-1 in turn; stop safely (old shard kept) on the first failure."""
         self.rolling = True
         started = trio.current_time()
-        self._roll_steps, self._roll_done = len(self.shards), 0
+        self._roll_done = 0
         self._step_handover = None
         log("roll_start", shards=len(self.shards))
         try:
