@@ -217,6 +217,15 @@ class History:
         )
 
 
+def parse_since(text: str) -> float:
+    """A ``since`` argument (``history SINCE``, ``?since=T``): a finite unix time;
+    ValueError otherwise."""
+    since = float(text)
+    if since != since or abs(since) == float("inf"):
+        raise ValueError(f"since must be a finite unix time, not {text!r}")
+    return since
+
+
 def _after(ring: Iterable[tuple[float, bytes]], since: float | None) -> list[bytes]:
     return [encoded for t, encoded in ring if since is None or t > since]
 

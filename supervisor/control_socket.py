@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from core.history import parse_since
 from shards.log import log
 
 MAX_REQUEST = 64
@@ -66,14 +67,13 @@ async def serve(
             command = data.split(b"\n", 1)[0].strip().decode(errors="replace")
             name, _, argument = command.partition(" ")
             if name == "history" and history is not None:
-                since = _since(argument)
-                answer_bytes = history(since) if since is not False else None
+                try:
+                    since = parse_since(argument) if argument.strip() else None
+                    answer = history(since) + b"\n"
+                except ValueError:
+                    answer = b'{"error": "history takes a unix time or nothing"}\n'
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await stream.send_all(
-                        answer_bytes + b"\n"
-                        if answer_bytes is not None
-                        else b'{"error": "history takes a unix time or nothing"}\n'
-                    )
+                    await stream.send_all(answer)
                 return  # polled every second by `top`: not logged
             if command == "status":
                 reply = status()
@@ -90,17 +90,6 @@ async def serve(
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
 
     await trio.serve_listeners(answer, [listener])
-
-
-def _since(argument: str) -> float | None | bool:
-    """``history``'s argument: a unix time, nothing (None), or False when unreadable."""
-    if not argument.strip():
-        return None
-    try:
-        since = float(argument)
-    except ValueError:
-        return False
-    return since if since == since and abs(since) != float("inf") else False
 
 
 def request(path: str, command: str, timeout: float = 10.0) -> dict[str, Any]:

@@ -105,7 +105,7 @@ class DashboardFeed:
         sup = self.supervisor
         now = time.time()
         slots = sup.metrics.slots(sup)
-        totals = sup.metrics.totals(sup)
+        totals = sup.metrics.totals(sup, slots)
         status = sup.status()
         # Per slot: every process of it summed (during a roll step the old shard drains
         # while its replacement fills); "draining" while any of them drains.

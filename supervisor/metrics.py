@@ -53,6 +53,7 @@ from prometheus_client.utils import floatToGoString
 
 from core.close_codes import CloseCode, DisconnectKind
 from core.control import GC_PAUSE_BOUNDS, Load
+from core.history import parse_since
 from shards import log as shard_log
 from shards import static
 from shards.log import log
@@ -311,10 +312,13 @@ class Metrics:
             for slot, slot_loads in sorted(loads.items())
         }
 
-    def totals(self, supervisor: Supervisor) -> dict[str, float]:
-        """Every counter summed over shards: what ``/status`` adds to the status."""
+    def totals(
+        self, supervisor: Supervisor, slots: dict[int, _SlotTotals] | None = None
+    ) -> dict[str, float]:
+        """Every counter summed over shards: what ``/status`` adds to the status.
+        ``slots``: ``slots(supervisor)`` when the caller has it already."""
         out: dict[str, float] = {}
-        for totals in self.slots(supervisor).values():
+        for totals in (self.slots(supervisor) if slots is None else slots).values():
             for key, value in totals.counters.items():
                 out[key] = out.get(key, 0) + value
         for key, value in self.events.items():
@@ -606,10 +610,12 @@ def respond(
         if page is not None:
             return 200, "text/html; charset=utf-8", page, head_only
     if path == "/dashboard/history":
-        since = _query_since(target)
-        if since is False:
+        try:
+            value = _query_value(target, "since")
+            since = None if value is None else parse_since(value)
+        except ValueError:
             return 400, "text/plain", b"since must be a unix time\n", head_only
-        body = supervisor.feed.history.snapshot(since if since is not True else None)
+        body = supervisor.feed.history.snapshot(since)
         return 200, "application/json", body, head_only
     asset = DASHBOARD_ASSETS.get(path)
     if asset is not None:
@@ -630,15 +636,11 @@ DASHBOARD_ASSETS = {
 }
 
 
-def _query_since(target: str) -> float | bool:
-    """``?since=T`` of a request target: T, True when absent, False when unreadable."""
+def _query_value(target: str, wanted: str) -> str | None:
+    """The value of query parameter ``wanted`` in a request target (None when absent)."""
     _, _, query = target.partition("?")
     for part in query.split("&"):
         name, _, value = part.partition("=")
-        if name == "since":
-            try:
-                since = float(value)
-            except ValueError:
-                return False
-            return since if since == since and abs(since) != float("inf") else False
-    return True
+        if name == wanted:
+            return value
+    return None
